@@ -1,0 +1,20 @@
+"""The shared Redis client used by the rate limiter and the engine's concurrency slots."""
+
+from __future__ import annotations
+
+import functools
+
+import redis
+from django.conf import settings
+
+
+@functools.cache
+def get_redis() -> redis.Redis:
+    # socket_timeout must exceed the longest blocking call (BLMOVE waits up to 1 s).
+    return redis.Redis.from_url(
+        settings.REDIS_URL,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        max_connections=None,
+    )

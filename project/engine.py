@@ -1,0 +1,875 @@
+"""The batch engine: fan a job out over RQ workers with a global concurrency limit.
+
+PostgreSQL is the source of truth: every item is a JobItem row that moves from `pending`
+to `running` (claimed under a lease) to exactly one final state. Redis carries only what
+can be rebuilt: the RQ queue of chunks, the job's concurrency slots, live latency figures.
+
+How a job runs:
+1. `launch` creates the job and its items in one transaction and, after commit, enqueues
+   chunks: RQ jobs that each call `Runner.run` for up to BATCH_CHUNK_SIZE items. Chunks are
+   interchangeable; any worker on any machine takes any of them.
+2. A runner claims items with `SELECT ... FOR UPDATE SKIP LOCKED`, so no two runners hold
+   the same item, and runs them in threads. Before an item starts, its thread takes one of
+   the job's C slots (a Redis list, so the limit holds across every worker).
+3. Results are written in batches; the job's counters change in the same transaction as
+   the items, counting only items the runner still held, so every item counts once.
+4. When the last item settles, `finalize` marks the job finished with a conditional
+   UPDATE: exactly one caller wins.
+5. A runner renews its leases while it works. If its worker dies, the leases lapse and the
+   items become claimable again; `sweep` (run by every `run_workers` supervisor) enqueues
+   chunks for jobs that have claimable items and nobody working on them, which also
+   recovers from a Redis restart that emptied the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from itertools import batched
+
+import django_rq
+import redis
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import close_old_connections, connections, transaction
+from django.db.models import Count, F
+from django.utils import timezone
+from rq import Queue
+
+from project.connections import get_redis
+from project.kinds import Item, JobKind, Outcome, get_kind, is_transient, retry_after
+from project.models import Job, JobItem, percentile
+from project.ratelimit import get_limiter
+
+log = logging.getLogger(__name__)
+
+ITEM_FIELDS = [
+    "status",
+    "attempts",
+    "error_type",
+    "error_message",
+    "duration_ms",
+    "result",
+    "started_at",
+    "finished_at",
+    "lease_until",
+]
+KEY_TTL = 7 * 24 * 3600  # Redis keys of a job outlive any sane job, then go by themselves.
+
+
+def get_queue() -> Queue:
+    return django_rq.get_queue(settings.BATCH_QUEUE)
+
+
+# -- Launching -------------------------------------------------------------------------------
+
+
+def launch(
+    kind_name: str,
+    params: dict | None = None,
+    *,
+    concurrency: int | None = None,
+    source: str = Job.Source.COMMAND,
+    user=None,
+    parent: Job | None = None,
+    keys: Iterable[str] | None = None,
+    stop_after_consecutive: int | None = None,
+    stop_failure_ratio: float | None = None,
+    stop_min_items: int | None = None,
+) -> Job:
+    """Create a job and its items, and enqueue its work once the transaction commits.
+
+    Every entry point (dashboard, admin, `run_job`) calls this. Raises KeyError for an
+    unknown kind and ValidationError for bad parameters, before anything is written.
+    """
+    kind = get_kind(kind_name)
+    params = kind.parse_params(params or {})
+    concurrency = concurrency or kind.default_concurrency or settings.BATCH_DEFAULT_CONCURRENCY
+    if not 1 <= concurrency <= settings.BATCH_MAX_CONCURRENCY:
+        raise ValidationError(
+            f"concurrency must be between 1 and {settings.BATCH_MAX_CONCURRENCY}, "
+            f"not {concurrency}"
+        )
+    if stop_failure_ratio is not None and not 0 < stop_failure_ratio <= 1:
+        raise ValidationError("stop_failure_ratio must be in (0, 1]")
+    with transaction.atomic():
+        job = Job.objects.create(
+            kind=kind.name,
+            params=params,
+            concurrency=concurrency,
+            source=source,
+            started_by=user if user and user.is_authenticated else None,
+            parent=parent,
+            stop_after_consecutive=stop_after_consecutive,
+            stop_failure_ratio=stop_failure_ratio,
+            stop_min_items=stop_min_items or 50,
+        )
+        add_items(job, kind.item_keys(job) if keys is None else keys)
+    return job
+
+
+def add_items(job: Job, keys: Iterable[str]) -> int:
+    """Add items to a job (at launch, or page by page from a planner); return how many are new.
+
+    Keys already in the job are ignored. Work for the new items is enqueued on commit.
+    """
+    before = job.total
+    for batch in batched(keys, 5000):
+        JobItem.objects.bulk_create(
+            [JobItem(job_id=job.pk, key=str(key)) for key in batch], ignore_conflicts=True
+        )
+    job.total = JobItem.objects.filter(job_id=job.pk).count()
+    Job.objects.filter(pk=job.pk).update(total=job.total)
+    added = job.total - before
+    job_id = job.pk
+    if added:
+        transaction.on_commit(lambda: enqueue_chunks(job_id, added))
+    elif job.planning_done:
+        transaction.on_commit(lambda: finalize(job_id))
+    return added
+
+
+def finish_planning(job: Job) -> None:
+    """A planner has added its last page: the job may now finish."""
+    Job.objects.filter(pk=job.pk).update(planning_done=True)
+    job.planning_done = True
+    transaction.on_commit(lambda: finalize(job.pk))
+
+
+def enqueue_chunks(job_id: int, items: int) -> int:
+    """Enqueue enough chunks to cover `items` items; return how many."""
+    from project.jobs import run_chunk
+
+    count = max(1, math.ceil(items / settings.BATCH_CHUNK_SIZE))
+    rq_queue = get_queue()
+    rq_queue.enqueue_many(
+        [
+            Queue.prepare_data(
+                run_chunk,
+                args=(job_id,),
+                job_id=f"batch-{job_id}-{uuid.uuid4().hex[:12]}",
+                timeout=-1,  # items carry their own timeouts; leases cover a dead worker
+                result_ttl=0,  # results live in PostgreSQL
+                failure_ttl=24 * 3600,
+            )
+            for _ in range(count)
+        ]
+    )
+    return count
+
+
+# -- Cancel and retry ------------------------------------------------------------------------
+
+
+def cancel(job: Job) -> bool:
+    """Stop a job: pending items become cancelled at once, running ones finish.
+
+    Runners notice within half a second and start nothing new. Returns False when the job
+    had already finished or was already being cancelled.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        locked = Job.objects.select_for_update().get(pk=job.pk)
+        if locked.finished_at or locked.cancel_requested_at:
+            return False
+        cancelled = JobItem.objects.filter(job_id=job.pk, status=JobItem.Status.PENDING).update(
+            status=JobItem.Status.CANCELLED, finished_at=now
+        )
+        Job.objects.filter(pk=job.pk).update(
+            cancel_requested_at=now, cancelled=F("cancelled") + cancelled
+        )
+    job.refresh_from_db()
+    finalize(job.pk)
+    return True
+
+
+def retry_failed(job: Job, *, user=None, source: str = Job.Source.DASHBOARD) -> Job:
+    """Launch a new job of the same kind over this job's failed items, linked to it."""
+    keys = JobItem.objects.filter(job=job, status=JobItem.Status.FAILED).values_list(
+        "key", flat=True
+    )
+    return launch(
+        job.kind,
+        job.params,
+        concurrency=job.concurrency,
+        source=source,
+        user=user,
+        parent=job,
+        keys=list(keys),
+        stop_after_consecutive=job.stop_after_consecutive,
+        stop_failure_ratio=job.stop_failure_ratio,
+        stop_min_items=job.stop_min_items,
+    )
+
+
+# -- Finishing -------------------------------------------------------------------------------
+
+
+def finalize(job_id: int) -> bool:
+    """Finish the job if every item has settled; True for the one caller that does it."""
+    job = Job.objects.get(pk=job_id)
+    if job.finished_at or not job.planning_done or job.settled < job.total:
+        return False
+    durations = sorted(
+        JobItem.objects.filter(job_id=job_id, duration_ms__isnull=False).values_list(
+            "duration_ms", flat=True
+        )
+    )
+    job.finished_at = timezone.now()
+    job.status = job.final_status()
+    job.summary = job.summary_line()
+    job.p50_ms = percentile(durations, 0.50)
+    job.p95_ms = percentile(durations, 0.95)
+    won = Job.objects.filter(pk=job_id, finished_at__isnull=True).update(
+        status=job.status,
+        finished_at=job.finished_at,
+        summary=job.summary,
+        p50_ms=job.p50_ms,
+        p95_ms=job.p95_ms,
+        started_at=job.started_at or job.finished_at,
+    )
+    if not won:
+        return False
+    log.info("job %s %s: %s", job.pk, job.status, job.summary)
+    try:
+        get_kind(job.kind).on_finished(job)
+    except Exception:
+        log.exception("on_finished hook of job %s failed", job.pk)
+    Slots(job.pk, job.concurrency, "").delete()
+    return True
+
+
+# -- Live figures ----------------------------------------------------------------------------
+
+LATENCY_BASE = 1.1  # histogram buckets 10% wide: percentiles within ~5%
+
+
+def latency_bucket(ms: float) -> int:
+    return int(math.log(ms + 1, LATENCY_BASE))
+
+
+def bucket_ms(bucket: int) -> float:
+    return (LATENCY_BASE**bucket + LATENCY_BASE ** (bucket + 1)) / 2 - 1
+
+
+@dataclass
+class LiveFigures:
+    in_flight: int | None = None
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+
+
+def live_figures(job: Job) -> LiveFigures:
+    """In-flight count and latency percentiles while a job runs: two Redis reads, no scan."""
+    if job.is_finished:
+        return LiveFigures(0, job.p50_ms, job.p95_ms)
+    figures = LiveFigures()
+    try:
+        conn = get_redis()
+        pipe = conn.pipeline(transaction=False)
+        slots = Slots(job.pk, job.concurrency, "")
+        pipe.exists(slots.init_key)
+        pipe.llen(slots.free_key)
+        pipe.hgetall(f"batch:{job.pk}:latency")
+        initialised, free, histogram = pipe.execute()
+    except redis.RedisError:
+        return figures
+    if initialised:
+        figures.in_flight = max(0, job.concurrency - free)
+    counts = sorted((int(b), int(n)) for b, n in histogram.items())
+    total = sum(n for _, n in counts)
+    for fraction, name in ((0.5, "p50_ms"), (0.95, "p95_ms")):
+        rank, seen = max(1, math.ceil(fraction * total)), 0
+        for bucket, n in counts:
+            seen += n
+            if seen >= rank:
+                setattr(figures, name, bucket_ms(bucket))
+                break
+    return figures
+
+
+# -- The global concurrency limit ------------------------------------------------------------
+
+
+class Slots:
+    """A job's C concurrency slots: interchangeable tokens in a Redis list.
+
+    Taking a slot moves a token from the free list to the runner's own held list (BLMOVE,
+    so a waiting thread wakes the moment one is returned); returning moves it back. A
+    runner that dies leaves its tokens in its held list; once its `alive` key lapses,
+    `reclaim_dead` returns them. If Redis restarts, the first runner to find the slots
+    gone lays out C fresh tokens; a release into a lost held list moves nothing, so the
+    pool never grows past C.
+    """
+
+    def __init__(self, job_id: int, limit: int, owner: str):
+        prefix = f"batch:{job_id}:slots"
+        self.limit = limit
+        self.owner = owner
+        self.init_key = f"{prefix}:init"
+        self.free_key = f"{prefix}:free"
+        self.owners_key = f"{prefix}:owners"
+        self.held_key = f"{prefix}:held:{owner}"
+        self.alive_key = f"{prefix}:alive:{owner}"
+        self.prefix = prefix
+
+    def ensure(self) -> None:
+        conn = get_redis()
+        if conn.set(self.init_key, 1, nx=True, ex=KEY_TTL):
+            pipe = conn.pipeline()
+            pipe.delete(self.free_key)
+            pipe.rpush(self.free_key, *range(self.limit))
+            pipe.expire(self.free_key, KEY_TTL)
+            pipe.execute()
+
+    def register(self, lease: float) -> None:
+        pipe = get_redis().pipeline()
+        pipe.sadd(self.owners_key, self.owner)
+        pipe.expire(self.owners_key, KEY_TTL)
+        pipe.set(self.alive_key, 1, ex=max(1, math.ceil(lease)))
+        pipe.execute()
+
+    def acquire(self, timeout: float = 1.0) -> bool:
+        got = get_redis().blmove(self.free_key, self.held_key, timeout, "LEFT", "RIGHT")
+        return got is not None
+
+    def release(self) -> None:
+        get_redis().lmove(self.held_key, self.free_key, "LEFT", "RIGHT")
+
+    def close(self) -> None:
+        conn = get_redis()
+        while conn.lmove(self.held_key, self.free_key, "LEFT", "RIGHT") is not None:
+            pass
+        pipe = conn.pipeline()
+        pipe.srem(self.owners_key, self.owner)
+        pipe.delete(self.alive_key, self.held_key)
+        pipe.execute()
+
+    def has_live_runner(self) -> bool:
+        conn = get_redis()
+        owners = [o.decode() for o in conn.smembers(self.owners_key)]
+        return bool(owners) and bool(conn.exists(*[f"{self.prefix}:alive:{o}" for o in owners]))
+
+    def reclaim_dead(self) -> int:
+        """Return the tokens of runners whose `alive` key has lapsed; return how many."""
+        conn = get_redis()
+        returned = 0
+        for raw in conn.smembers(self.owners_key):
+            owner = raw.decode()
+            if conn.exists(f"{self.prefix}:alive:{owner}"):
+                continue
+            held = f"{self.prefix}:held:{owner}"
+            while conn.lmove(held, self.free_key, "LEFT", "RIGHT") is not None:
+                returned += 1
+            conn.srem(self.owners_key, owner)
+        return returned
+
+    def delete(self) -> None:
+        try:
+            conn = get_redis()
+            keys = list(conn.scan_iter(f"{self.prefix}:*", count=1000))
+            if keys:
+                conn.delete(*keys)
+        except redis.RedisError:
+            pass  # they expire by themselves
+
+
+# -- Running a chunk -------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """One item's final state as a runner thread reports it."""
+
+    item_id: int
+    status: str
+    attempts: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_ms: float | None = None
+    summary: str = ""
+    error_type: str = ""
+    error_message: str = ""
+    tallies: dict = field(default_factory=dict)
+
+
+def backoff_seconds(attempt: int) -> float:
+    """Exponential backoff with full jitter: attempt 1 waits up to base, 2 up to 2 x base..."""
+    ceiling = min(settings.BATCH_RETRY_MAX_SECONDS, settings.BATCH_RETRY_BASE_SECONDS * 2 ** (attempt - 1))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+class Runner:
+    """Works on one job inside one RQ job (a chunk) until its quota or the job runs out."""
+
+    def __init__(self, job: Job, kind: JobKind):
+        self.job = job
+        self.kind = kind
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease = settings.BATCH_LEASE_SECONDS
+        self.slots = Slots(job.pk, job.concurrency, self.token)
+        self.batch_size = kind.batch_size or 1
+        self.threads = min(job.concurrency, settings.BATCH_MAX_THREADS)
+        self.backlog: queue.Queue[tuple[int, str, int]] = queue.Queue()
+        self.results: queue.Queue[Result] = queue.Queue()
+        self.quota = settings.BATCH_CHUNK_SIZE
+        self.stopping = threading.Event()  # cancelled, or the job stopped by its error policy
+        self.done = threading.Event()  # the main loop is leaving; threads exit when idle
+        self.outstanding = 0  # claimed but not yet reported
+        self.claimed_all = False
+        self.limiter_name = getattr(kind, "limiter_for", lambda job: kind.limiter)(job)
+
+    # The main thread: claim, flush, heartbeat.
+
+    def run(self) -> None:
+        try:
+            self.slots.ensure()
+            self.slots.register(self.lease)
+        except redis.RedisError as exc:
+            log.warning("job %s: Redis unavailable at start (%s); retrying per item", self.job.pk, exc)
+        workers = [
+            threading.Thread(target=self.work, name=f"job{self.job.pk}-{i}", daemon=True)
+            for i in range(self.threads)
+        ]
+        for thread in workers:
+            thread.start()
+        pending: list[Result] = []
+        next_flush = next_check = next_renew = 0.0
+        clean_exit = False
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= next_check:
+                    self.check_stopping()
+                    next_check = now + 0.5
+                if now >= next_renew:
+                    self.renew()
+                    next_renew = now + self.lease / 3
+                if not self.claimed_all and not self.stopping.is_set():
+                    want = self.threads * self.batch_size * 2 - self.backlog.qsize()
+                    if want >= max(1, self.threads * self.batch_size // 2):
+                        self.claim(min(want, self.quota))
+                try:
+                    pending.append(self.results.get(timeout=0.05))
+                    while len(pending) < 1000:
+                        pending.append(self.results.get_nowait())
+                except queue.Empty:
+                    pass
+                if pending and (len(pending) >= 200 or now >= next_flush):
+                    self.flush(pending)
+                    pending = []
+                    next_flush = now + 0.25
+                if self.outstanding == 0 and (self.claimed_all or self.stopping.is_set()):
+                    break
+            clean_exit = True
+        finally:
+            if not clean_exit:
+                # Leave unreported items running: their leases lapse and another runner
+                # takes them. Threads stop starting new ones.
+                self.stopping.set()
+            self.done.set()
+            for thread in workers:
+                thread.join(timeout=5)
+            while True:
+                try:
+                    pending.append(self.results.get_nowait())
+                except queue.Empty:
+                    break
+            if pending and clean_exit:
+                self.flush(pending)
+            try:
+                self.slots.close()
+            except redis.RedisError:
+                pass
+        finalize(self.job.pk)
+
+    def claim(self, limit: int) -> None:
+        if limit <= 0:
+            self.claimed_all = True
+            return
+        now = timezone.now()
+        with transaction.atomic():
+            rows = list(
+                JobItem.objects.filter(job_id=self.job.pk)
+                .claimable(now)
+                .order_by("id")
+                .select_for_update(skip_locked=True)
+                .values_list("id", "key", "attempts")[:limit]
+            )
+            if rows:
+                JobItem.objects.filter(id__in=[row[0] for row in rows]).update(
+                    status=JobItem.Status.RUNNING,
+                    claimed_by=self.token,
+                    lease_until=now + timedelta(seconds=self.lease),
+                )
+        self.quota -= len(rows)
+        # Fewer rows than asked may only mean another runner holds some locks for a moment;
+        # none at all means nothing is claimable now (anything that becomes so later, a
+        # dead worker's items, say, is taken by a later chunk or the sweeper).
+        if not rows or self.quota <= 0:
+            self.claimed_all = True
+        self.outstanding += len(rows)
+        for row in rows:
+            self.backlog.put(row)
+
+    def check_stopping(self) -> None:
+        flags = Job.objects.filter(pk=self.job.pk).values_list(
+            "cancel_requested_at", "error", "finished_at"
+        )
+        cancel_at, error, finished_at = flags.get()
+        if cancel_at or error or finished_at:
+            self.stopping.set()
+
+    def renew(self) -> None:
+        until = timezone.now() + timedelta(seconds=self.lease)
+        JobItem.objects.filter(
+            job_id=self.job.pk, claimed_by=self.token, status=JobItem.Status.RUNNING
+        ).update(lease_until=until)
+        Job.objects.filter(pk=self.job.pk).update(heartbeat_at=timezone.now())
+        try:
+            self.slots.register(self.lease)
+        except redis.RedisError:
+            pass
+
+    def flush(self, results: list[Result]) -> None:
+        """Record results and bump the job's counters in one transaction."""
+        ids = [r.item_id for r in results]
+        with transaction.atomic():
+            job = Job.objects.select_for_update().get(pk=self.job.pk)
+            mine = set(
+                JobItem.objects.filter(
+                    id__in=ids, claimed_by=self.token, status=JobItem.Status.RUNNING
+                )
+                .select_for_update()
+                .values_list("id", flat=True)
+            )
+            kept = [r for r in results if r.item_id in mine]
+            JobItem.objects.bulk_update(
+                [
+                    JobItem(
+                        id=r.item_id,
+                        status=r.status,
+                        attempts=r.attempts,
+                        error_type=r.error_type,
+                        error_message=r.error_message,
+                        duration_ms=r.duration_ms,
+                        result=r.summary[:300],
+                        started_at=r.started_at,
+                        finished_at=r.finished_at,
+                        lease_until=None,
+                    )
+                    for r in kept
+                ],
+                ITEM_FIELDS,
+                batch_size=1000,
+            )
+            self.count(job, kept)
+            if not job.error and not job.cancel_requested_at:
+                job.error = stop_reason(job)
+                if job.error:
+                    job.cancelled += JobItem.objects.filter(
+                        job_id=job.pk, status=JobItem.Status.PENDING
+                    ).update(status=JobItem.Status.CANCELLED, finished_at=timezone.now())
+                    self.stopping.set()
+            job.heartbeat_at = timezone.now()
+            job.save(
+                update_fields=[
+                    "succeeded",
+                    "failed",
+                    "skipped",
+                    "cancelled",
+                    "consecutive_failures",
+                    "tallies",
+                    "duration_total_ms",
+                    "error",
+                    "heartbeat_at",
+                ]
+            )
+        self.outstanding -= len(results)
+        self.record_latency(kept)
+        if job.planning_done and job.settled >= job.total:
+            finalize(job.pk)
+
+    @staticmethod
+    def count(job: Job, results: list[Result]) -> None:
+        for r in sorted(results, key=lambda r: r.finished_at or timezone.now()):
+            setattr(job, r.status, getattr(job, r.status) + 1)
+            if r.status == JobItem.Status.FAILED:
+                job.consecutive_failures += 1
+            elif r.status == JobItem.Status.SUCCEEDED:
+                job.consecutive_failures = 0
+            job.duration_total_ms += r.duration_ms or 0
+            for name, n in r.tallies.items():
+                job.tallies[name] = job.tallies.get(name, 0) + n
+
+    def record_latency(self, results: list[Result]) -> None:
+        buckets: dict[int, int] = {}
+        for r in results:
+            if r.duration_ms is not None:
+                b = latency_bucket(r.duration_ms)
+                buckets[b] = buckets.get(b, 0) + 1
+        if not buckets:
+            return
+        key = f"batch:{self.job.pk}:latency"
+        try:
+            pipe = get_redis().pipeline(transaction=False)
+            for b, n in buckets.items():
+                pipe.hincrby(key, b, n)
+            pipe.expire(key, KEY_TTL)
+            pipe.execute()
+        except redis.RedisError:
+            pass  # live figures only; finalize computes exact ones from the items
+
+    # The worker threads.
+
+    def work(self) -> None:
+        try:
+            while True:
+                rows = self.take()
+                if rows is None:
+                    return
+                if self.kind.batch_size:
+                    for result in self.process_batch(rows):
+                        self.results.put(result)
+                else:
+                    self.results.put(self.process(*rows[0]))
+        finally:
+            connections.close_all()  # this thread's own connections, if the kind opened any
+
+    def take(self) -> list[tuple[int, str, int]] | None:
+        """The next rows for this thread, or None when the runner is done."""
+        while True:
+            try:
+                rows = [self.backlog.get(timeout=0.05)]
+            except queue.Empty:
+                if self.done.is_set():
+                    return None
+                continue
+            while len(rows) < self.batch_size:
+                try:
+                    rows.append(self.backlog.get_nowait())
+                except queue.Empty:
+                    break
+            return rows
+
+    def acquire_slot(self) -> bool:
+        """Wait for one of the job's slots; False if the job stops meanwhile."""
+        while not self.stopping.is_set():
+            try:
+                if self.slots.acquire(timeout=1.0):
+                    return True
+                self.slots.ensure()  # recreates the slots if Redis lost them
+            except redis.RedisError as exc:
+                log.warning("job %s: waiting for Redis (%s)", self.job.pk, exc)
+                time.sleep(0.5)
+        return False
+
+    def release_slot(self) -> None:
+        try:
+            self.slots.release()
+        except redis.RedisError:
+            pass
+
+    def cancelled(self, item_id: int, attempts: int = 0) -> Result:
+        return Result(item_id, JobItem.Status.CANCELLED, attempts, finished_at=timezone.now())
+
+    def process(self, item_id: int, key: str, previous_attempts: int) -> Result:
+        """Run one item with retries; never raises."""
+        attempt = previous_attempts
+        started_at = None
+        while True:
+            if not self.acquire_slot():
+                return self.cancelled(item_id, attempt)
+            attempt += 1
+            started_at = started_at or timezone.now()
+            begin = time.perf_counter()
+            error = None
+            try:
+                outcome = self.kind.run_item(self.job, Item(item_id, key, attempt))
+            except Exception as exc:
+                error = exc
+            finally:
+                duration_ms = (time.perf_counter() - begin) * 1000
+                self.release_slot()
+            if error is None:
+                return self.success(item_id, outcome, attempt, started_at, duration_ms)
+            result = self.failure(item_id, error, attempt, started_at, duration_ms)
+            if not is_transient(error) or attempt >= settings.BATCH_MAX_ATTEMPTS:
+                return result
+            if not self.wait_before_retry(error, attempt):
+                return result
+
+    def wait_before_retry(self, error: Exception, attempt: int) -> bool:
+        """Sleep the backoff (or a 429's Retry-After, pausing the limiter); False if stopping."""
+        wait = retry_after(error)
+        if wait and self.limiter_name:
+            try:
+                get_limiter(self.limiter_name).pause(wait)
+            except (KeyError, redis.RedisError):
+                pass
+        deadline = time.monotonic() + (wait or backoff_seconds(attempt))
+        while time.monotonic() < deadline:
+            if self.stopping.wait(min(0.2, max(0, deadline - time.monotonic()))):
+                return False
+        return True
+
+    @staticmethod
+    def failure(item_id, error, attempt, started_at, duration_ms) -> Result:
+        return Result(
+            item_id,
+            JobItem.Status.FAILED,
+            attempt,
+            started_at,
+            timezone.now(),
+            duration_ms,
+            error_type=type(error).__name__,
+            error_message=(str(error) or repr(error))[:2000],
+        )
+
+    @staticmethod
+    def success(item_id, outcome, attempt, started_at, duration_ms) -> Result:
+        if not isinstance(outcome, Outcome):
+            outcome = Outcome(summary="" if outcome is None else str(outcome))
+        return Result(
+            item_id,
+            outcome.status,
+            attempt,
+            started_at,
+            timezone.now(),
+            duration_ms,
+            outcome.summary,
+            tallies=outcome.tallies,
+        )
+
+    def process_batch(self, rows: list[tuple[int, str, int]]) -> list[Result]:
+        """Run a batch kind on several items; a failing batch is retried item by item."""
+        if not self.acquire_slot():
+            return [self.cancelled(item_id, attempts) for item_id, _, attempts in rows]
+        started_at = timezone.now()
+        begin = time.perf_counter()
+        items = [Item(item_id, key, attempts + 1) for item_id, key, attempts in rows]
+        try:
+            outcomes = self.kind.run_batch(self.job, items)
+        except Exception as exc:
+            if len(rows) == 1:
+                outcomes = {items[0].key: exc}
+            else:
+                self.release_slot()
+                return [r for row in rows for r in self.process_batch([row])]
+        finally:
+            duration_ms = (time.perf_counter() - begin) * 1000 / len(rows)
+        self.release_slot()
+        results = []
+        for item in items:
+            outcome = outcomes.get(item.key, Outcome())
+            if isinstance(outcome, Exception):
+                results.append(
+                    self.failure(item.id, outcome, item.attempt, started_at, duration_ms)
+                )
+            else:
+                results.append(
+                    self.success(item.id, outcome, item.attempt, started_at, duration_ms)
+                )
+        return results
+
+
+def stop_reason(job: Job) -> str:
+    """Why the error policy stops the job now, or ""."""
+    if job.stop_after_consecutive and job.consecutive_failures >= job.stop_after_consecutive:
+        return f"Stopped after {job.consecutive_failures} consecutive failures."
+    done = job.succeeded + job.failed
+    if (
+        job.stop_failure_ratio is not None
+        and done >= job.stop_min_items
+        and job.failed / done >= job.stop_failure_ratio
+    ):
+        return f"Stopped: {job.failed:,} of {done:,} items failed ({job.failed / done:.0%})."
+    return ""
+
+
+def run_chunk(job_id: int) -> None:
+    """Work on a job for one chunk (the body of the RQ job `project.jobs.run_chunk`)."""
+    close_old_connections()
+    try:
+        job = Job.objects.get(pk=job_id)
+    except Job.DoesNotExist:
+        return
+    if job.is_finished:
+        return
+    if job.status == Job.Status.QUEUED:
+        Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
+            status=Job.Status.RUNNING, started_at=timezone.now()
+        )
+        job.refresh_from_db()
+    try:
+        Runner(job, get_kind(job.kind)).run()
+    finally:
+        close_old_connections()
+
+
+# -- Recovery --------------------------------------------------------------------------------
+
+
+def sweep() -> list[str]:
+    """Repair what dead workers and a restarted Redis leave behind; return what it did.
+
+    For each unfinished job: return slots of dead runners, finish it if all items settled,
+    settle a cancelled job's orphaned items, and enqueue chunks when items wait but no
+    chunk is queued and no runner is alive.
+    """
+    actions = []
+    queued = set(get_queue().get_job_ids())
+    now = timezone.now()
+    for job in Job.objects.active().filter(finished_at__isnull=True):
+        slots = Slots(job.pk, job.concurrency, "")
+        returned = slots.reclaim_dead()
+        if returned:
+            actions.append(f"job {job.pk}: returned {returned} slots of dead workers")
+        if job.cancel_requested_at or job.error:
+            with transaction.atomic():
+                orphaned = (
+                    JobItem.objects.filter(job_id=job.pk)
+                    .claimable(now)
+                    .select_for_update(skip_locked=True)
+                )
+                n = JobItem.objects.filter(id__in=list(orphaned.values_list("id", flat=True))).update(
+                    status=JobItem.Status.CANCELLED, finished_at=now
+                )
+                Job.objects.filter(pk=job.pk).update(cancelled=F("cancelled") + n)
+        if finalize(job.pk):
+            actions.append(f"job {job.pk}: finished")
+            continue
+        if job.cancel_requested_at or job.error:
+            continue
+        waiting = JobItem.objects.filter(job_id=job.pk).claimable(now).count()
+        if not waiting:
+            continue
+        if any(job_id.startswith(f"batch-{job.pk}-") for job_id in queued):
+            continue
+        if slots.has_live_runner():
+            continue
+        chunks = enqueue_chunks(job.pk, waiting)
+        actions.append(f"job {job.pk}: {waiting} items waiting, enqueued {chunks} chunks")
+    for line in actions:
+        log.info("sweep: %s", line)
+    return actions
+
+
+def failure_groups(job: Job, limit: int = 20) -> list[dict]:
+    """Failures grouped by error type and message, most frequent first."""
+    return list(
+        JobItem.objects.filter(job=job, status=JobItem.Status.FAILED)
+        .values("error_type", "error_message")
+        .annotate(count=Count("id"))
+        .order_by("-count", "error_type")[:limit]
+    )

@@ -1,0 +1,70 @@
+"""The synthetic `sleep` job kind, for tests, benchmarks and demos."""
+
+from __future__ import annotations
+
+import random
+import time
+
+from django import forms
+
+from project.kinds import JobKind, Outcome, PermanentError, TransientError, register
+from project.ratelimit import get_limiter
+
+
+class SleepForm(forms.Form):
+    items = forms.IntegerField(min_value=1, max_value=1_000_000, initial=200)
+    latency_ms = forms.IntegerField(min_value=0, max_value=60_000, initial=200)
+    fail_rate = forms.FloatField(min_value=0, max_value=1, initial=0, required=False)
+    failure = forms.ChoiceField(
+        choices=[("permanent", "permanent"), ("transient", "transient")],
+        initial="permanent",
+        required=False,
+        help_text="Failures are permanent (fail at once) or transient (retried).",
+    )
+    limiter = forms.CharField(
+        required=False, help_text="Name of a rate limiter each item goes through (optional)."
+    )
+    seed = forms.IntegerField(required=False, help_text="Makes failures reproducible.")
+
+    def clean_limiter(self):
+        name = self.cleaned_data.get("limiter")
+        if name:
+            try:
+                get_limiter(name)
+            except KeyError as exc:
+                raise forms.ValidationError(str(exc.args[0])) from None
+        return name
+
+
+@register
+class SleepKind(JobKind):
+    name = "sleep"
+    label = "Sleep (synthetic)"
+    description = "Each item waits latency_ms and fails with probability fail_rate."
+    form_class = SleepForm
+
+    def item_keys(self, job):
+        return (str(i) for i in range(job.params["items"]))
+
+    def run_item(self, job, item):
+        params = job.params
+        if params.get("limiter"):
+            get_limiter(params["limiter"]).acquire()
+        time.sleep(params.get("latency_ms", 0) / 1000)
+        fail_rate = params.get("fail_rate", 0)
+        # With a seed, whether an attempt fails depends only on (seed, key, attempt).
+        # Each attempt draws again, so transient failures can pass on a retry.
+        seeded = "seed" in params
+        rng = random.Random(f"{params['seed']}:{item.key}:{item.attempt}") if seeded else random
+        if fail_rate and rng.random() < fail_rate:
+            if params.get("failure") == "transient":
+                raise TransientError(f"simulated transient failure of item {item.key}")
+            raise PermanentError("simulated permanent failure")
+        return Outcome(summary=f"slept {params.get('latency_ms', 0)} ms")
+
+
+def run_chunk(job_id: int) -> None:
+    """RQ job: work on one chunk of a job's items (see project/engine.py)."""
+    from project import engine
+
+    engine.run_chunk(job_id)

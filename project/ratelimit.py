@@ -1,0 +1,101 @@
+"""Named rate limiters shared by every worker through Redis.
+
+Each limiter enforces requests per minute and weighted cost (tokens) per minute with GCRA
+(generic cell rate algorithm) in one Lua script, so the check-and-take is atomic across all
+processes and machines. The clock is Redis's own TIME, so workers need not agree on time.
+A 429 from the service pauses the whole limiter (`pause`), not just the one request.
+"""
+
+from __future__ import annotations
+
+import time
+
+from django.conf import settings
+
+from project.connections import get_redis
+
+# KEYS: request TAT, cost TAT, paused-until.  ARGV: rpm, tpm, cost, burst_seconds.
+# Returns 0 when taken, else the seconds to wait (as a string, Lua numbers lose fractions).
+GCRA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local paused = tonumber(redis.call('GET', KEYS[3]) or '0')
+if paused > now then return tostring(paused - now) end
+local rpm, tpm, cost, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local wait, new_req, new_tok = 0, nil, nil
+if rpm > 0 then
+  local interval = 60 / rpm
+  local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+  new_req = tat + interval
+  local allow_at = math.min(new_req - math.max(burst * rpm / 60, 1) * interval, tat)
+  wait = math.max(wait, allow_at - now)
+end
+if tpm > 0 and cost > 0 then
+  local interval = 60 / tpm
+  local tat = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), now)
+  new_tok = tat + interval * cost
+  -- A request costing more than the burst may still go when the limiter is idle.
+  local allow_at = math.min(new_tok - math.max(burst * tpm / 60, 1) * interval, tat)
+  wait = math.max(wait, allow_at - now)
+end
+if wait > 0 then return tostring(wait) end
+if new_req then redis.call('SET', KEYS[1], new_req, 'EX', 120) end
+if new_tok then redis.call('SET', KEYS[2], new_tok, 'EX', 120) end
+return '0'
+"""
+
+PAUSE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local until_ = now + tonumber(ARGV[1])
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if until_ > current then
+  redis.call('SET', KEYS[1], until_, 'EX', math.ceil(tonumber(ARGV[1])) + 1)
+end
+return tostring(math.max(until_, current) - now)
+"""
+
+
+class RateLimiter:
+    """A named limiter: `acquire()` blocks until one request of the given cost may go."""
+
+    def __init__(self, name: str, rpm: float, tpm: float = 0, burst_seconds: float = 1.0):
+        self.name = name
+        self.rpm = rpm
+        self.tpm = tpm
+        self.burst_seconds = burst_seconds
+        prefix = f"ratelimit:{name}"
+        self.keys = [f"{prefix}:req", f"{prefix}:cost", f"{prefix}:paused"]
+
+    def __repr__(self) -> str:
+        return f"<RateLimiter {self.name} rpm={self.rpm} tpm={self.tpm}>"
+
+    def try_acquire(self, cost: float = 1) -> float:
+        """Take one request of `cost` if allowed now; return 0, or the seconds to wait."""
+        script = get_redis().register_script(GCRA)
+        return float(script(keys=self.keys, args=[self.rpm, self.tpm, cost, self.burst_seconds]))
+
+    def acquire(self, cost: float = 1, timeout: float | None = None) -> None:
+        """Block until the request may go; raise TimeoutError after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = self.try_acquire(cost)
+            if wait <= 0:
+                return
+            if deadline is not None and time.monotonic() + wait > deadline:
+                raise TimeoutError(f"rate limiter {self.name!r} busy for {wait:.1f} s")
+            time.sleep(min(wait, 1.0))
+
+    def pause(self, seconds: float) -> float:
+        """Stop every worker's requests through this limiter for `seconds` (a 429's Retry-After)."""
+        script = get_redis().register_script(PAUSE)
+        return float(script(keys=self.keys[2:], args=[seconds]))
+
+
+def get_limiter(name: str) -> RateLimiter:
+    """The limiter configured in settings.RATE_LIMITS under `name`."""
+    try:
+        config = settings.RATE_LIMITS[name]
+    except KeyError:
+        raise KeyError(f"unknown rate limiter {name!r}; configure it in RATE_LIMITS") from None
+    return RateLimiter(name, rpm=config.get("rpm", 0), tpm=config.get("tpm", 0))

