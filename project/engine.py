@@ -23,6 +23,7 @@ How a job runs:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -97,8 +98,7 @@ def launch(
     concurrency = concurrency or kind.default_concurrency or settings.BATCH_DEFAULT_CONCURRENCY
     if not 1 <= concurrency <= settings.BATCH_MAX_CONCURRENCY:
         raise ValidationError(
-            f"concurrency must be between 1 and {settings.BATCH_MAX_CONCURRENCY}, "
-            f"not {concurrency}"
+            f"concurrency must be between 1 and {settings.BATCH_MAX_CONCURRENCY}, not {concurrency}"
         )
     if stop_failure_ratio is not None and not 0 < stop_failure_ratio <= 1:
         raise ValidationError("stop_failure_ratio must be in (0, 1]")
@@ -405,7 +405,9 @@ class Result:
 
 def backoff_seconds(attempt: int) -> float:
     """Exponential backoff with full jitter: attempt 1 waits up to base, 2 up to 2 x base..."""
-    ceiling = min(settings.BATCH_RETRY_MAX_SECONDS, settings.BATCH_RETRY_BASE_SECONDS * 2 ** (attempt - 1))
+    ceiling = min(
+        settings.BATCH_RETRY_MAX_SECONDS, settings.BATCH_RETRY_BASE_SECONDS * 2 ** (attempt - 1)
+    )
     return random.uniform(ceiling / 2, ceiling)
 
 
@@ -436,7 +438,9 @@ class Runner:
             self.slots.ensure()
             self.slots.register(self.lease)
         except redis.RedisError as exc:
-            log.warning("job %s: Redis unavailable at start (%s); retrying per item", self.job.pk, exc)
+            log.warning(
+                "job %s: Redis unavailable at start (%s); retrying per item", self.job.pk, exc
+            )
         workers = [
             threading.Thread(target=self.work, name=f"job{self.job.pk}-{i}", daemon=True)
             for i in range(self.threads)
@@ -465,7 +469,9 @@ class Runner:
                         pending.append(self.results.get_nowait())
                 except queue.Empty:
                     pass
-                if pending and (len(pending) >= 200 or now >= next_flush):
+                if pending and (
+                    len(pending) >= 200 or now >= next_flush or self.must_judge(pending)
+                ):
                     self.flush(pending)
                     pending = []
                     next_flush = now + 0.25
@@ -487,11 +493,14 @@ class Runner:
                     break
             if pending and clean_exit:
                 self.flush(pending)
-            try:
+            with contextlib.suppress(redis.RedisError):
                 self.slots.close()
-            except redis.RedisError:
-                pass
         finalize(self.job.pk)
+
+    def must_judge(self, results: list[Result]) -> bool:
+        """Whether to flush now so the error policy sees failures without delay."""
+        has_policy = self.job.stop_after_consecutive or self.job.stop_failure_ratio is not None
+        return bool(has_policy) and any(r.status == JobItem.Status.FAILED for r in results)
 
     def claim(self, limit: int) -> None:
         if limit <= 0:
@@ -536,10 +545,8 @@ class Runner:
             job_id=self.job.pk, claimed_by=self.token, status=JobItem.Status.RUNNING
         ).update(lease_until=until)
         Job.objects.filter(pk=self.job.pk).update(heartbeat_at=timezone.now())
-        try:
+        with contextlib.suppress(redis.RedisError):
             self.slots.register(self.lease)
-        except redis.RedisError:
-            pass
 
     def flush(self, results: list[Result]) -> None:
         """Record results and bump the job's counters in one transaction."""
@@ -675,10 +682,8 @@ class Runner:
         return False
 
     def release_slot(self) -> None:
-        try:
+        with contextlib.suppress(redis.RedisError):
             self.slots.release()
-        except redis.RedisError:
-            pass
 
     def cancelled(self, item_id: int, attempts: int = 0) -> Result:
         return Result(item_id, JobItem.Status.CANCELLED, attempts, finished_at=timezone.now())
@@ -699,11 +704,14 @@ class Runner:
             except Exception as exc:
                 error = exc
             finally:
+                # Timestamps are taken while the slot is held, so recorded [started_at,
+                # finished_at] intervals never overlap more than the concurrency limit.
                 duration_ms = (time.perf_counter() - begin) * 1000
+                finished_at = timezone.now()
                 self.release_slot()
             if error is None:
-                return self.success(item_id, outcome, attempt, started_at, duration_ms)
-            result = self.failure(item_id, error, attempt, started_at, duration_ms)
+                return self.success(item_id, outcome, attempt, started_at, duration_ms, finished_at)
+            result = self.failure(item_id, error, attempt, started_at, duration_ms, finished_at)
             if not is_transient(error) or attempt >= settings.BATCH_MAX_ATTEMPTS:
                 return result
             if not self.wait_before_retry(error, attempt):
@@ -713,10 +721,8 @@ class Runner:
         """Sleep the backoff (or a 429's Retry-After, pausing the limiter); False if stopping."""
         wait = retry_after(error)
         if wait and self.limiter_name:
-            try:
+            with contextlib.suppress(KeyError, redis.RedisError):
                 get_limiter(self.limiter_name).pause(wait)
-            except (KeyError, redis.RedisError):
-                pass
         deadline = time.monotonic() + (wait or backoff_seconds(attempt))
         while time.monotonic() < deadline:
             if self.stopping.wait(min(0.2, max(0, deadline - time.monotonic()))):
@@ -724,20 +730,20 @@ class Runner:
         return True
 
     @staticmethod
-    def failure(item_id, error, attempt, started_at, duration_ms) -> Result:
+    def failure(item_id, error, attempt, started_at, duration_ms, finished_at) -> Result:
         return Result(
             item_id,
             JobItem.Status.FAILED,
             attempt,
             started_at,
-            timezone.now(),
+            finished_at,
             duration_ms,
             error_type=type(error).__name__,
             error_message=(str(error) or repr(error))[:2000],
         )
 
     @staticmethod
-    def success(item_id, outcome, attempt, started_at, duration_ms) -> Result:
+    def success(item_id, outcome, attempt, started_at, duration_ms, finished_at) -> Result:
         if not isinstance(outcome, Outcome):
             outcome = Outcome(summary="" if outcome is None else str(outcome))
         return Result(
@@ -745,7 +751,7 @@ class Runner:
             outcome.status,
             attempt,
             started_at,
-            timezone.now(),
+            finished_at,
             duration_ms,
             outcome.summary,
             tallies=outcome.tallies,
@@ -768,32 +774,38 @@ class Runner:
                 return [r for row in rows for r in self.process_batch([row])]
         finally:
             duration_ms = (time.perf_counter() - begin) * 1000 / len(rows)
+            finished_at = timezone.now()
         self.release_slot()
         results = []
         for item in items:
             outcome = outcomes.get(item.key, Outcome())
             if isinstance(outcome, Exception):
-                results.append(
-                    self.failure(item.id, outcome, item.attempt, started_at, duration_ms)
+                result = self.failure(
+                    item.id, outcome, item.attempt, started_at, duration_ms, finished_at
                 )
             else:
-                results.append(
-                    self.success(item.id, outcome, item.attempt, started_at, duration_ms)
+                result = self.success(
+                    item.id, outcome, item.attempt, started_at, duration_ms, finished_at
                 )
+            results.append(result)
         return results
 
 
 def stop_reason(job: Job) -> str:
     """Why the error policy stops the job now, or ""."""
-    if job.stop_after_consecutive and job.consecutive_failures >= job.stop_after_consecutive:
-        return f"Stopped after {job.consecutive_failures} consecutive failures."
+    limit = job.stop_after_consecutive
+    if limit and job.consecutive_failures >= limit:
+        return f"Stopped after {job.consecutive_failures} consecutive failures (limit {limit})."
     done = job.succeeded + job.failed
     if (
         job.stop_failure_ratio is not None
         and done >= job.stop_min_items
         and job.failed / done >= job.stop_failure_ratio
     ):
-        return f"Stopped: {job.failed:,} of {done:,} items failed ({job.failed / done:.0%})."
+        return (
+            f"Stopped: {job.failed:,} of {done:,} items failed ({job.failed / done:.0%}, "
+            f"limit {job.stop_failure_ratio:.0%} after {job.stop_min_items})."
+        )
     return ""
 
 
@@ -842,9 +854,9 @@ def sweep() -> list[str]:
                     .claimable(now)
                     .select_for_update(skip_locked=True)
                 )
-                n = JobItem.objects.filter(id__in=list(orphaned.values_list("id", flat=True))).update(
-                    status=JobItem.Status.CANCELLED, finished_at=now
-                )
+                n = JobItem.objects.filter(
+                    id__in=list(orphaned.values_list("id", flat=True))
+                ).update(status=JobItem.Status.CANCELLED, finished_at=now)
                 Job.objects.filter(pk=job.pk).update(cancelled=F("cancelled") + n)
         if finalize(job.pk):
             actions.append(f"job {job.pk}: finished")

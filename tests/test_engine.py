@@ -1,0 +1,251 @@
+"""The batch engine against real PostgreSQL, Redis and RQ worker processes."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import connections
+from django.db.models import Count
+
+from project import engine
+from project.connections import get_redis
+from project.models import Job, JobItem
+from tests.helpers import wait_for_job, wait_until
+
+MAX_ATTEMPTS = 4  # settings.BATCH_MAX_ATTEMPTS, which the workers inherit
+
+
+def expected_sleep_outcome(seed: int, key: str, fail_rate: float, transient: bool):
+    """Replay the sleep kind's seeded draws: (status, attempts) an item must end with."""
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        failed = random.Random(f"{seed}:{key}:{attempt}").random() < fail_rate
+        if not failed:
+            return "succeeded", attempt
+        if not transient:
+            return "failed", 1
+    return "failed", MAX_ATTEMPTS
+
+
+def max_overlap(intervals) -> int:
+    """The most intervals open at one instant (an end at t closes before a start at t)."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    current = peak = 0
+    for _, delta in events:
+        current += delta
+        peak = max(peak, current)
+    return peak
+
+
+def assert_counters_match_items(job: Job) -> None:
+    by_status = dict(JobItem.objects.filter(job=job).values_list("status").annotate(n=Count("id")))
+    assert by_status.get("succeeded", 0) == job.succeeded
+    assert by_status.get("failed", 0) == job.failed
+    assert by_status.get("skipped", 0) == job.skipped
+    assert by_status.get("cancelled", 0) == job.cancelled
+    assert job.settled == job.total == sum(by_status.values())
+    assert "pending" not in by_status and "running" not in by_status
+
+
+def test_the_global_concurrency_limit_holds_across_two_worker_processes(workers, settings):
+    settings.BATCH_CHUNK_SIZE = 40  # several chunks, so both workers share the job
+    workers(2, BATCH_CHUNK_SIZE=40)
+    job = engine.launch("sleep", {"items": 240, "latency_ms": 40}, concurrency=6)
+    job = wait_for_job(job)
+    intervals = list(JobItem.objects.filter(job=job).values_list("started_at", "finished_at"))
+    assert job.status == Job.Status.SUCCEEDED
+    assert max_overlap(intervals) <= 6
+    # Both workers took part: items were claimed by more than one runner.
+    assert JobItem.objects.filter(job=job).values("claimed_by").distinct().count() >= 2
+
+
+def test_the_rate_limiter_holds_its_rate_across_two_worker_processes(workers):
+    rate_per_s = 10
+    workers(2, SMTP_RPM=rate_per_s * 60)
+    job = engine.launch("sleep", {"items": 50, "latency_ms": 0, "limiter": "smtp"}, concurrency=10)
+    job = wait_for_job(job)
+    # Items take 0 ms once the limiter lets them go, so finished_at is when it did.
+    starts = sorted(JobItem.objects.filter(job=job).values_list("finished_at", flat=True))
+    burst = rate_per_s  # one second's worth
+    # In any window of w seconds, at most rate * w + burst items may start.
+    for i, first in enumerate(starts):
+        in_two_seconds = sum(1 for t in starts[i:] if t - first <= timedelta(seconds=2))
+        assert in_two_seconds <= 2 * rate_per_s + burst + 1
+    span = (starts[-1] - starts[0]).total_seconds()
+    assert span >= (len(starts) - burst - 1) / rate_per_s * 0.9
+
+
+def test_transient_failures_are_retried_with_backoff_until_they_pass_or_run_out(workers):
+    workers(2)
+    params = {"items": 60, "latency_ms": 5, "fail_rate": 0.5, "failure": "transient", "seed": 11}
+    job = wait_for_job(engine.launch("sleep", params, concurrency=8))
+    items = {i.key: i for i in JobItem.objects.filter(job=job)}
+    retried_and_passed = 0
+    for key, item in items.items():
+        status, attempts = expected_sleep_outcome(11, key, 0.5, transient=True)
+        assert (item.status, item.attempts) == (status, attempts), key
+        if status == "succeeded" and attempts > 1:
+            retried_and_passed += 1
+            # Backoff: at least half of 0.05 s before the second attempt.
+            assert item.finished_at - item.started_at >= timedelta(seconds=0.025)
+        if status == "failed":
+            assert item.error_type == "TransientError"
+    assert retried_and_passed > 0
+    assert job.failed == sum(1 for i in items.values() if i.status == "failed") > 0
+    assert job.status == Job.Status.COMPLETED_WITH_ERRORS
+    assert_counters_match_items(job)
+
+
+def test_permanent_failures_fail_at_once_with_a_readable_error(workers):
+    workers(1)
+    params = {"items": 50, "latency_ms": 0, "fail_rate": 0.3, "seed": 5}
+    job = wait_for_job(engine.launch("sleep", params, concurrency=5))
+    failed = JobItem.objects.filter(job=job, status="failed")
+    expected = {
+        str(k) for k in range(50) if expected_sleep_outcome(5, str(k), 0.3, False)[0] == "failed"
+    }
+    assert set(failed.values_list("key", flat=True)) == expected
+    assert set(failed.values_list("attempts", flat=True)) == {1}
+    assert set(failed.values_list("error_type", "error_message")) == {
+        ("PermanentError", "simulated permanent failure")
+    }
+    groups = engine.failure_groups(job)
+    assert groups == [
+        {
+            "error_type": "PermanentError",
+            "error_message": "simulated permanent failure",
+            "count": len(expected),
+        }
+    ]
+
+
+def test_cancel_lets_running_items_finish_and_cancels_the_rest(workers):
+    workers(2)
+    job = engine.launch("sleep", {"items": 400, "latency_ms": 100}, concurrency=4)
+    wait_until(lambda: Job.objects.get(pk=job.pk).settled >= 12)
+    assert engine.cancel(job)
+    job = wait_for_job(job)
+    assert job.status == Job.Status.CANCELLED
+    assert job.cancelled > 300
+    assert job.failed == 0
+    assert_counters_match_items(job)
+    late = JobItem.objects.filter(
+        job=job, started_at__gt=job.cancel_requested_at + timedelta(seconds=1)
+    )
+    assert not late.exists()
+    assert not engine.cancel(job)  # a finished job cannot be cancelled again
+
+
+def test_retry_failed_runs_a_new_job_over_exactly_the_failed_items(workers):
+    workers(2)
+    params = {"items": 40, "latency_ms": 0, "fail_rate": 0.25, "seed": 3}
+    parent = wait_for_job(engine.launch("sleep", params, concurrency=5))
+    failed_keys = set(
+        JobItem.objects.filter(job=parent, status="failed").values_list("key", flat=True)
+    )
+    assert failed_keys
+    child = engine.retry_failed(parent, source=Job.Source.DASHBOARD)
+    assert child.parent == parent
+    assert set(child.items.values_list("key", flat=True)) == failed_keys
+    child = wait_for_job(child)
+    # Same seed, same draws: the same items fail again, and only they are retried.
+    assert child.total == len(failed_keys) == child.failed
+
+
+def test_finalization_happens_exactly_once_under_concurrent_callers(transactional_db, redis_db):
+    job = engine.launch("sleep", {"items": 30, "latency_ms": 0})
+    JobItem.objects.filter(job=job).update(status="succeeded")
+    Job.objects.filter(pk=job.pk).update(succeeded=30, status=Job.Status.RUNNING)
+    barrier = threading.Barrier(8)
+    winners = []
+
+    def finish():
+        barrier.wait()
+        try:
+            winners.append(engine.finalize(job.pk))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=finish) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(winners) == [False] * 7 + [True]
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED
+    assert job.summary.startswith("📊 30 items in ")
+
+
+def test_many_small_chunks_completing_together_count_every_item_once(workers, settings):
+    settings.BATCH_CHUNK_SIZE = 7
+    workers(2, BATCH_CHUNK_SIZE=7)
+    job = wait_for_job(engine.launch("sleep", {"items": 500, "latency_ms": 0}, concurrency=16))
+    assert job.status == Job.Status.SUCCEEDED
+    assert job.summary.endswith("500 succeeded, 0 failed, 0 skipped")
+    assert_counters_match_items(job)
+
+
+def test_a_worker_killed_mid_job_loses_no_item(workers, settings):
+    settings.BATCH_CHUNK_SIZE = 50
+    procs = workers(2, BATCH_CHUNK_SIZE=50)
+    job = engine.launch("sleep", {"items": 300, "latency_ms": 50}, concurrency=10)
+    wait_until(lambda: Job.objects.get(pk=job.pk).settled >= 40)
+    procs[0].send_signal(signal.SIGKILL)
+    procs[0].wait()
+    job = wait_for_job(job, timeout=120)
+    assert job.status == Job.Status.SUCCEEDED
+    assert job.succeeded == 300
+    assert_counters_match_items(job)
+
+
+def test_a_redis_restart_mid_job_loses_no_item(workers):
+    workers(2)
+    job = engine.launch("sleep", {"items": 300, "latency_ms": 30}, concurrency=10)
+    wait_until(lambda: Job.objects.get(pk=job.pk).settled >= 30)
+    # Redis runs without persistence: a restart empties it, as FLUSHDB does.
+    get_redis().flushdb()
+    job = wait_for_job(job, timeout=120)
+    assert job.status == Job.Status.SUCCEEDED
+    assert_counters_match_items(job)
+
+
+def test_the_error_policy_stops_a_job_whose_dependency_is_dead(workers):
+    workers(2)
+    job = engine.launch(
+        "sleep",
+        {"items": 2000, "latency_ms": 2, "fail_rate": 1},
+        concurrency=4,
+        stop_after_consecutive=20,
+    )
+    job = wait_for_job(job)
+    assert job.status == Job.Status.FAILED
+    assert "consecutive failures (limit 20)" in job.error
+    assert 20 <= job.failed < 100
+    assert job.cancelled == 2000 - job.failed
+    assert_counters_match_items(job)
+
+
+def test_an_empty_job_finishes_at_once(transactional_db, redis_db):
+    job = engine.launch("sleep", {"items": 1}, keys=[])
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED
+    assert job.total == 0
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"items": 0}, "items"),
+        ({"items": 10, "fail_rate": 2}, "fail_rate"),
+        ({"items": 10, "limiter": "nope"}, "unknown rate limiter"),
+    ],
+)
+def test_bad_parameters_are_refused_before_anything_is_written(db, params, message):
+    with pytest.raises(engine.ValidationError) as exc:
+        engine.launch("sleep", params)
+    assert message in " ".join(exc.value.messages)
+    assert not Job.objects.exists()
