@@ -46,9 +46,10 @@ def viewer(db) -> User:
 def worker_env(**overrides) -> dict[str, str]:
     """Environment for subprocesses that share this test's database and Redis."""
     db = connection.settings_dict
+    host, port = db["HOST"] or "127.0.0.1", db["PORT"] or 5432
     env = dict(os.environ)
     env.update(
-        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+        DATABASE_URL=f"postgres://{db['USER']}@{host}:{port}/{db['NAME']}",
         REDIS_URL=settings.REDIS_URL,
         SECRET_KEY=settings.SECRET_KEY,
         BATCH_LEASE_SECONDS="3",

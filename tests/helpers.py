@@ -20,7 +20,9 @@ def wait_for_job(job: Job, timeout: float = 90, sweep: bool = True) -> Job:
             engine.sweep()
             next_sweep = time.monotonic() + 1
         time.sleep(0.1)
-    raise AssertionError(f"job {job.pk} did not finish in {timeout} s: {job.status} {job.settled}/{job.total}")
+    raise AssertionError(
+        f"job {job.pk} did not finish in {timeout} s: {job.status} {job.settled}/{job.total}"
+    )
 
 
 def wait_until(predicate, timeout: float = 30, interval: float = 0.05):

@@ -1,0 +1,168 @@
+"""Customer organizations, their Medicare contacts, and the outreach emails scheduled for them."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+from django.utils import timezone
+
+from scheduler_app import rules
+
+
+class Organization(models.Model):
+    name = models.CharField(max_length=200)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            # Imports and the command line name organizations; a name means one account.
+            models.UniqueConstraint(fields=["name"], name="organization_name_uniq"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ContactQuerySet(models.QuerySet):
+    def search(self, text: str) -> ContactQuerySet:
+        text = text.strip()
+        if not text:
+            return self
+        return self.filter(
+            Q(first_name__icontains=text) | Q(last_name__icontains=text) | Q(email__icontains=text)
+        )
+
+
+class Contact(models.Model):
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="contacts"
+    )
+    external_id = models.CharField(max_length=64, help_text="The `id` column of the import.")
+    first_name = models.CharField(max_length=100, blank=True)
+    last_name = models.CharField(max_length=100, blank=True)
+    email = models.CharField(max_length=254, blank=True)
+    phone = models.CharField(max_length=40, blank=True)
+    state = models.CharField(max_length=2, blank=True)
+    zip_code = models.CharField(max_length=10, blank=True)
+    birth_date = models.DateField(null=True, blank=True)
+    effective_date = models.DateField(null=True, blank=True)
+    carrier = models.CharField(max_length=100, blank=True)
+    plan_type = models.CharField(max_length=50, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ContactQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            # The import upserts by (organization, id column).
+            models.UniqueConstraint(
+                fields=["organization", "external_id"], name="contact_org_external_uniq"
+            ),
+        ]
+        indexes = [
+            # Contacts list filtered by organization and state; schedule runs per organization.
+            models.Index(fields=["organization", "state"], name="contact_org_state_idx"),
+            # Contacts list filtered by state alone.
+            models.Index(fields=["state"], name="contact_state_idx"),
+        ]
+
+    def __str__(self) -> str:
+        name = f"{self.first_name} {self.last_name}".strip()
+        return name or f"contact {self.external_id}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("contact", args=[self.pk])
+
+    def rule_data(self, today: date) -> rules.ContactData:
+        """The contact as the rule engine sees it; raises rules.RuleError for bad data."""
+        return rules.parse_contact(self.state, self.birth_date, self.effective_date, today)
+
+
+class ScheduledEmailQuerySet(models.QuerySet):
+    def pending(self) -> ScheduledEmailQuerySet:
+        return self.filter(status=ScheduledEmail.Status.PENDING)
+
+    def due(self, on_or_before: date) -> ScheduledEmailQuerySet:
+        return self.pending().filter(send_date__lte=on_or_before, claimed_at__isnull=True)
+
+
+class ScheduledEmail(models.Model):
+    class Type(models.TextChoices):
+        BIRTHDAY = "birthday"
+        EFFECTIVE_DATE = "effective_date", "effective date"
+        AEP = "aep", "AEP"
+        POST_WINDOW = "post_window", "post-window"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        SENT = "sent"
+        FAILED = "failed"
+        SKIPPED = "skipped"
+        CANCELLED = "cancelled"
+
+    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="emails")
+    type = models.CharField(max_length=20, choices=Type)
+    send_date = models.DateField()
+    status = models.CharField(max_length=10, choices=Status, default=Status.PENDING)
+    reason = models.CharField(max_length=300, blank=True)
+    job = models.ForeignKey(
+        "project.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="emails"
+    )
+    # Set by the send job's conditional UPDATE before sending, so no email goes out twice.
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = ScheduledEmailQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["send_date", "type"]
+        constraints = [
+            # Rescheduling never duplicates an email, and a sent one is never scheduled again.
+            models.UniqueConstraint(
+                fields=["contact", "type", "send_date"], name="scheduledemail_uniq"
+            ),
+        ]
+        indexes = [
+            # Work waiting to be done: send_due_emails' "pending and due on or before" query.
+            models.Index(
+                fields=["send_date"],
+                name="scheduledemail_due_idx",
+                condition=Q(status="pending"),
+            ),
+            # The schedule overview: emails per week by type.
+            models.Index(fields=["send_date", "type"], name="scheduledemail_date_type_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_type_display()} to {self.contact} on {self.send_date}"
+
+
+class ContactImport(models.Model):
+    """One CSV import and its report of bad rows (downloadable as CSV)."""
+
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey("auth.User", null=True, blank=True, on_delete=models.SET_NULL)
+    filename = models.CharField(max_length=255, blank=True)
+    organization = models.CharField(max_length=200, blank=True)
+    rows = models.PositiveIntegerField(default=0)
+    created = models.PositiveIntegerField(default=0)
+    updated = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    errors_csv = models.TextField(blank=True, help_text="row,field,value,reason")
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"import of {self.filename or 'CSV'} ({self.created_at:%Y-%m-%d %H:%M})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("contact_import", args=[self.pk])
