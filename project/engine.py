@@ -95,7 +95,8 @@ def launch(
     """
     kind = get_kind(kind_name)
     params = kind.parse_params(params or {})
-    concurrency = concurrency or kind.default_concurrency or settings.BATCH_DEFAULT_CONCURRENCY
+    if concurrency is None:
+        concurrency = kind.default_concurrency or settings.BATCH_DEFAULT_CONCURRENCY
     if not 1 <= concurrency <= settings.BATCH_MAX_CONCURRENCY:
         raise ValidationError(
             f"concurrency must be between 1 and {settings.BATCH_MAX_CONCURRENCY}, not {concurrency}"
@@ -429,7 +430,7 @@ class Runner:
         self.done = threading.Event()  # the main loop is leaving; threads exit when idle
         self.outstanding = 0  # claimed but not yet reported
         self.claimed_all = False
-        self.limiter_name = getattr(kind, "limiter_for", lambda job: kind.limiter)(job)
+        self.limiter_name = kind.limiter_for(job)
 
     # The main thread: claim, flush, heartbeat.
 

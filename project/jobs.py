@@ -7,7 +7,14 @@ import time
 
 from django import forms
 
-from project.kinds import JobKind, Outcome, PermanentError, TransientError, register
+from project.kinds import (
+    JobKind,
+    Outcome,
+    PermanentError,
+    RateLimited,
+    TransientError,
+    register,
+)
 from project.ratelimit import get_limiter
 
 
@@ -16,10 +23,14 @@ class SleepForm(forms.Form):
     latency_ms = forms.IntegerField(min_value=0, max_value=60_000, initial=200, required=False)
     fail_rate = forms.FloatField(min_value=0, max_value=1, initial=0, required=False)
     failure = forms.ChoiceField(
-        choices=[("permanent", "permanent"), ("transient", "transient")],
+        choices=[
+            ("permanent", "permanent"),
+            ("transient", "transient"),
+            ("rate_limited", "rate limited (429, Retry-After 1 s)"),
+        ],
         initial="permanent",
         required=False,
-        help_text="Failures are permanent (fail at once) or transient (retried).",
+        help_text="Failures are permanent (fail at once), transient or 429s (both retried).",
     )
     limiter = forms.CharField(
         required=False, help_text="Name of a rate limiter each item goes through (optional)."
@@ -43,6 +54,9 @@ class SleepKind(JobKind):
     description = "Each item waits latency_ms and fails with probability fail_rate."
     form_class = SleepForm
 
+    def limiter_for(self, job):
+        return job.params.get("limiter") or None
+
     def item_keys(self, job):
         return (str(i) for i in range(job.params["items"]))
 
@@ -59,6 +73,8 @@ class SleepKind(JobKind):
         if fail_rate and rng.random() < fail_rate:
             if params.get("failure") == "transient":
                 raise TransientError(f"simulated transient failure of item {item.key}")
+            if params.get("failure") == "rate_limited":
+                raise RateLimited("simulated 429 Too Many Requests", retry_after=1.0)
             raise PermanentError("simulated permanent failure")
         return Outcome(summary=f"slept {params.get('latency_ms', 0)} ms")
 

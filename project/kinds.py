@@ -112,6 +112,10 @@ class JobKind:
     batch_size: ClassVar[int] = 0
     default_concurrency: ClassVar[int | None] = None
 
+    def limiter_for(self, job: Job) -> str | None:
+        """The rate limiter a 429 pauses (by default the kind's `limiter`)."""
+        return self.limiter
+
     def item_keys(self, job: Job) -> Iterable[str]:
         """The items to create at launch."""
         return []

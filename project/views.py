@@ -1,12 +1,242 @@
+"""The dashboard: launch jobs, watch them run, cancel them and retry their failures.
+
+Live regions are partials of their page's template (`{% partialdef ... inline %}`): an
+htmx request gets `template#partial`, anything else the whole page. Polled partials answer
+286 (htmx stops polling) with their final content once there is nothing left to watch.
+"""
+
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_required
-from django.http import HttpResponse
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required, permission_required
+from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
+from django.views.decorators.http import require_POST
+from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
+
+from project import engine
+from project.forms import JobFilterForm, LaunchForm
+from project.kinds import JobKind, all_kinds, get_kind
+from project.models import Job, JobItem
+
+RECENT_JOBS = 20
+JOBS_PER_PAGE = 50
+ITEMS_PER_PAGE = 50
+OPEN = "open"  # the item filter for pending and running items
+
+
+class CountedPaginator(Paginator):
+    """A paginator told its count instead of running COUNT(*) over a big job's items.
+
+    The job page passes the job's counters, which the engine keeps exact in the same
+    transactions that change the items.
+    """
+
+    def __init__(self, object_list, per_page: int, count: int):
+        super().__init__(object_list, per_page)
+        self.known_count = count
+
+    @property
+    def count(self) -> int:
+        return self.known_count
+
+
+def _get_job(job_id: int) -> Job:
+    """The job, or 404. Every logged-in user may look at every job."""
+    return get_object_or_404(Job.objects.select_related("started_by", "parent"), pk=job_id)
+
+
+def _get_kind(name: str) -> JobKind:
+    """The registered job kind, or 404."""
+    try:
+        return get_kind(name)
+    except KeyError:
+        raise Http404(f"No job kind {name!r}") from None
+
+
+def _kind_label(name: str) -> str:
+    try:
+        return get_kind(name).label
+    except KeyError:
+        return name  # a kind that is no longer registered
+
+
+def _redirect(request: HttpRequest, url: str) -> HttpResponse:
+    """Redirect the whole page, also when the request came from htmx."""
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
+def _render_polled(request: HttpRequest, template: str, context: dict, *, done: bool):
+    """Render a polled partial; once `done`, answer 286 so htmx stops polling after the swap."""
+    html = render_to_string(template, context, request)
+    return HttpResponseStopPolling(html) if done else HttpResponse(html)
+
+
+# -- Home ------------------------------------------------------------------------------------
+
+
+def _jobs_context() -> dict:
+    return {
+        "active": list(Job.objects.active().select_related("started_by")),
+        "recent": list(Job.objects.select_related("started_by")[:RECENT_JOBS]),
+    }
+
+
+def _render_home(request: HttpRequest, failed_form: LaunchForm | None = None, status=200):
+    """The home page; `failed_form` is a launch form to show again with its errors."""
+    launch_forms = []
+    if request.user.has_perm("project.add_job"):
+        launch_forms = [
+            failed_form if failed_form and failed_form.kind is kind else LaunchForm(kind)
+            for kind in all_kinds()
+        ]
+    context = {**_jobs_context(), "launch_forms": launch_forms}
+    return render(request, "project/home.html", context, status=status)
 
 
 @login_required
-def home(request):
-    return HttpResponse("ok")
+def home(request: HttpRequest) -> HttpResponse:
+    if request.htmx:
+        context = _jobs_context()
+        return _render_polled(
+            request, "project/home.html#jobs", context, done=not context["active"]
+        )
+    return _render_home(request)
 
 
-job_list = launch = job_detail = job_progress = job_items = cancel = retry = home
+@login_required
+@permission_required("project.add_job", raise_exception=True)
+@require_POST
+def launch(request: HttpRequest, kind: str) -> HttpResponse:
+    job_kind = _get_kind(kind)
+    form = LaunchForm(job_kind, request.POST)
+    if form.is_valid():
+        try:
+            job = engine.launch(
+                job_kind.name,
+                form.params.cleaned_data,
+                source=Job.Source.DASHBOARD,
+                user=request.user,
+                **form.launch_kwargs(),
+            )
+        except ValidationError as exc:
+            form.add_engine_errors(exc.messages)
+        else:
+            messages.success(request, f"Launched job #{job.pk}: {job.total:,} items.")
+            return _redirect(request, job.get_absolute_url())
+    return _render_home(request, form, status=400)
+
+
+# -- Jobs ------------------------------------------------------------------------------------
+
+
+@login_required
+def job_list(request: HttpRequest) -> HttpResponse:
+    form = JobFilterForm(request.GET)
+    jobs = form.filter(Job.objects.select_related("started_by"))
+    page = Paginator(jobs, JOBS_PER_PAGE).get_page(request.GET.get("page"))
+    return render(request, "project/job_list.html", {"form": form, "page": page})
+
+
+def _progress_context(job: Job) -> dict:
+    """What the progress partial shows: one Job row, two Redis reads, failures grouped.
+
+    Polled every second, so it never counts or scans the items: the counters are on the
+    job, and failures are only grouped when there are some.
+    """
+    return {
+        "job": job,
+        "figures": engine.live_figures(job),
+        "failures": engine.failure_groups(job) if job.failed else [],
+    }
+
+
+def _items_context(request: HttpRequest, job: Job) -> dict:
+    """One page of the job's items, filtered by status; counts come from the job's counters."""
+    filters = [
+        (None, "All", job.total),
+        (JobItem.Status.SUCCEEDED, "Succeeded", job.succeeded),
+        (JobItem.Status.FAILED, "Failed", job.failed),
+        (JobItem.Status.SKIPPED, "Skipped", job.skipped),
+        (JobItem.Status.CANCELLED, "Cancelled", job.cancelled),
+        (OPEN, "Waiting or running", job.total - job.settled),
+    ]
+    counts = {value: count for value, _, count in filters}
+    status = request.GET.get("status") or None
+    if status not in counts:
+        status = None
+    items = JobItem.objects.filter(job=job).order_by("id")
+    if status == OPEN:
+        items = items.filter(status__in=[JobItem.Status.PENDING, JobItem.Status.RUNNING])
+    elif status:
+        items = items.filter(status=status)
+    paginator = CountedPaginator(items, ITEMS_PER_PAGE, count=counts[status])
+    return {
+        "job": job,
+        "status": status,
+        "status_filters": filters,
+        "page": paginator.get_page(request.GET.get("page")),
+    }
+
+
+@login_required
+def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = _get_job(job_id)
+    context = {
+        **_progress_context(job),
+        **_items_context(request, job),
+        "kind_label": _kind_label(job.kind),
+        "retries": list(job.retries.all()),
+    }
+    return render(request, "project/job_detail.html", context)
+
+
+@login_required
+def job_progress(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = _get_job(job_id)
+    if not request.htmx:
+        return redirect(job)
+    context = _progress_context(job)
+    return _render_polled(
+        request, "project/job_detail.html#progress", context, done=job.is_finished
+    )
+
+
+@login_required
+def job_items(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = _get_job(job_id)
+    if not request.htmx:
+        return redirect(f"{job.get_absolute_url()}?{request.GET.urlencode()}#items")
+    return render(request, "project/job_detail.html#items", _items_context(request, job))
+
+
+@login_required
+@permission_required("project.change_job", raise_exception=True)
+@require_POST
+def cancel(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = _get_job(job_id)
+    if engine.cancel(job):
+        messages.success(
+            request, f"Cancelling job #{job.pk}: waiting items are cancelled, running ones finish."
+        )
+    else:
+        messages.info(request, f"Job #{job.pk} had already finished or was being cancelled.")
+    return _redirect(request, job.get_absolute_url())
+
+
+@login_required
+@permission_required("project.add_job", raise_exception=True)
+@require_POST
+def retry(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = _get_job(job_id)
+    if not (job.is_finished and job.failed):
+        messages.error(request, f"Job #{job.pk} has no failed items to retry (yet).")
+        return _redirect(request, job.get_absolute_url())
+    child = engine.retry_failed(job, user=request.user, source=Job.Source.DASHBOARD)
+    messages.success(
+        request, f"Retrying the {child.total:,} failed items of job #{job.pk} as job #{child.pk}."
+    )
+    return _redirect(request, child.get_absolute_url())

@@ -8,7 +8,7 @@ import threading
 from datetime import timedelta
 
 import pytest
-from django.db import connections
+from django.db import connections, transaction
 from django.db.models import Count
 
 from project import engine
@@ -249,3 +249,44 @@ def test_bad_parameters_are_refused_before_anything_is_written(db, params, messa
         engine.launch("sleep", params)
     assert message in " ".join(exc.value.messages)
     assert not Job.objects.exists()
+
+
+def test_a_429_with_retry_after_pauses_the_whole_limiter(workers):
+    workers(2, SMTP_RPM=60_000)
+    params = {
+        "items": 20,
+        "latency_ms": 0,
+        "fail_rate": 0.5,
+        "failure": "rate_limited",
+        "limiter": "smtp",
+        "seed": 2,
+    }
+    job = wait_for_job(engine.launch("sleep", params, concurrency=4))
+    items = list(JobItem.objects.filter(job=job).order_by("finished_at"))
+    first_429 = min(i.started_at for i in items if i.attempts > 1)
+    # After the first 429, nothing went through the limiter for Retry-After (1 s), not even
+    # items that had never failed: the pause is for everyone.
+    finished_in_pause = [
+        i
+        for i in items
+        if first_429 + timedelta(seconds=0.1) < i.finished_at < first_429 + timedelta(seconds=0.9)
+    ]
+    assert finished_in_pause == []
+    assert any(i.attempts > 1 and i.status == "succeeded" for i in items)
+
+
+def test_a_planner_can_add_items_while_the_job_runs(workers):
+    workers(2)
+    job = engine.launch("sleep", {"items": 1, "latency_ms": 20}, keys=[f"a{i}" for i in range(30)])
+    Job.objects.filter(pk=job.pk).update(planning_done=False)
+    job.refresh_from_db()
+    wait_until(lambda: Job.objects.get(pk=job.pk).settled == 30)
+    job.refresh_from_db()
+    assert not job.is_finished  # planning is not done: the job cannot finish yet
+    with transaction.atomic():
+        assert engine.add_items(job, [f"b{i}" for i in range(30)] + ["a0"]) == 30
+        engine.finish_planning(job)
+    job = wait_for_job(job)
+    assert job.total == 60
+    assert job.status == Job.Status.SUCCEEDED
+    assert_counters_match_items(job)
