@@ -42,7 +42,7 @@ import django_rq
 import redis
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import close_old_connections, connections, transaction
+from django.db import close_old_connections, connection, connections, transaction
 from django.db.models import Count, F
 from django.utils import timezone
 from rq import Queue
@@ -54,17 +54,6 @@ from project.ratelimit import get_limiter
 
 log = logging.getLogger(__name__)
 
-ITEM_FIELDS = [
-    "status",
-    "attempts",
-    "error_type",
-    "error_message",
-    "duration_ms",
-    "result",
-    "started_at",
-    "finished_at",
-    "lease_until",
-]
 KEY_TTL = 7 * 24 * 3600  # Redis keys of a job outlive any sane job, then go by themselves.
 
 
@@ -125,10 +114,7 @@ def add_items(job: Job, keys: Iterable[str]) -> int:
     Keys already in the job are ignored. Work for the new items is enqueued on commit.
     """
     before = job.total
-    for batch in batched(keys, 5000):
-        JobItem.objects.bulk_create(
-            [JobItem(job_id=job.pk, key=str(key)) for key in batch], ignore_conflicts=True
-        )
+    insert_items(job.pk, keys)
     job.total = JobItem.objects.filter(job_id=job.pk).count()
     Job.objects.filter(pk=job.pk).update(total=job.total)
     added = job.total - before
@@ -303,14 +289,16 @@ def live_figures(job: Job) -> LiveFigures:
 
 
 class Slots:
-    """A job's C concurrency slots: interchangeable tokens in a Redis list.
+    """A job's C concurrency slots: interchangeable tokens in Redis lists.
 
-    Taking a slot moves a token from the free list to the runner's own held list (BLMOVE,
-    so a waiting thread wakes the moment one is returned); returning moves it back. A
-    runner that dies leaves its tokens in its held list; once its `alive` key lapses,
-    `reclaim_dead` returns them. If Redis restarts, the first runner to find the slots
-    gone lays out C fresh tokens; a release into a lost held list moves nothing, so the
-    pool never grows past C.
+    Free tokens sit in one list; a runner moves the tokens it holds into its own list
+    (LMOVE, atomic), so the number of tokens, and so of items in flight, never exceeds C.
+    A runner keeps its tokens in a local pool its threads share without asking Redis, and
+    rebalances a few times a second towards a fair share: C divided among the runners
+    that have work (`alive` carries each runner's demand). A runner that dies leaves its
+    tokens in its list; once its `alive` key lapses, `reclaim_dead` returns them. If Redis
+    restarts, the first runner to find the slots gone lays out C fresh tokens, and every
+    runner trims its local pool to what its (now empty) list says it holds.
     """
 
     def __init__(self, job_id: int, limit: int, owner: str):
@@ -333,19 +321,34 @@ class Slots:
             pipe.expire(self.free_key, KEY_TTL)
             pipe.execute()
 
-    def register(self, lease: float) -> None:
-        pipe = get_redis().pipeline()
+    def register(self, lease: float, demand: int) -> int:
+        """Say this runner is alive and how many slots it could use; return its fair share."""
+        conn = get_redis()
+        pipe = conn.pipeline()
         pipe.sadd(self.owners_key, self.owner)
         pipe.expire(self.owners_key, KEY_TTL)
-        pipe.set(self.alive_key, 1, ex=max(1, math.ceil(lease)))
+        pipe.set(self.alive_key, demand, ex=max(1, math.ceil(lease)))
+        pipe.smembers(self.owners_key)
+        owners = pipe.execute()[-1]
+        demands = conn.mget([f"{self.prefix}:alive:{o.decode()}" for o in owners])
+        wanting = sum(1 for d in demands if d is not None and int(d) > 0)
+        return math.ceil(self.limit / max(1, wanting))
+
+    def take(self, count: int) -> int:
+        """Move up to `count` free tokens to this runner; return how many it got."""
+        pipe = get_redis().pipeline(transaction=False)
+        for _ in range(count):
+            pipe.lmove(self.free_key, self.held_key, "LEFT", "RIGHT")
+        return sum(1 for token in pipe.execute() if token is not None)
+
+    def give(self, count: int) -> None:
+        pipe = get_redis().pipeline(transaction=False)
+        for _ in range(count):
+            pipe.lmove(self.held_key, self.free_key, "LEFT", "RIGHT")
         pipe.execute()
 
-    def acquire(self, timeout: float = 1.0) -> bool:
-        got = get_redis().blmove(self.free_key, self.held_key, timeout, "LEFT", "RIGHT")
-        return got is not None
-
-    def release(self) -> None:
-        get_redis().lmove(self.held_key, self.free_key, "LEFT", "RIGHT")
+    def held(self) -> int:
+        return get_redis().llen(self.held_key)
 
     def close(self) -> None:
         conn = get_redis()
@@ -431,17 +434,14 @@ class Runner:
         self.outstanding = 0  # claimed but not yet reported
         self.claimed_all = False
         self.limiter_name = kind.limiter_for(job)
+        # The local pool of slots: `held` tokens taken from Redis, `in_use` by threads now.
+        self.slot_lock = threading.Condition()
+        self.held = self.in_use = self.waiting = 0
+        self.fair_share = job.concurrency
 
     # The main thread: claim, flush, heartbeat.
 
     def run(self) -> None:
-        try:
-            self.slots.ensure()
-            self.slots.register(self.lease)
-        except redis.RedisError as exc:
-            log.warning(
-                "job %s: Redis unavailable at start (%s); retrying per item", self.job.pk, exc
-            )
         workers = [
             threading.Thread(target=self.work, name=f"job{self.job.pk}-{i}", daemon=True)
             for i in range(self.threads)
@@ -449,14 +449,18 @@ class Runner:
         for thread in workers:
             thread.start()
         pending: list[Result] = []
-        next_flush = next_check = next_renew = 0.0
+        next_flush = next_check = next_renew = next_balance = 0.0
         clean_exit = False
         try:
             while True:
                 now = time.monotonic()
                 if now >= next_check:
                     self.check_stopping()
+                    self.balance_slots(refresh=True)
                     next_check = now + 0.5
+                elif now >= next_balance:
+                    self.balance_slots(refresh=False)
+                    next_balance = now + 0.02
                 if now >= next_renew:
                     self.renew()
                     next_renew = now + self.lease / 3
@@ -507,21 +511,7 @@ class Runner:
         if limit <= 0:
             self.claimed_all = True
             return
-        now = timezone.now()
-        with transaction.atomic():
-            rows = list(
-                JobItem.objects.filter(job_id=self.job.pk)
-                .claimable(now)
-                .order_by("id")
-                .select_for_update(skip_locked=True)
-                .values_list("id", "key", "attempts")[:limit]
-            )
-            if rows:
-                JobItem.objects.filter(id__in=[row[0] for row in rows]).update(
-                    status=JobItem.Status.RUNNING,
-                    claimed_by=self.token,
-                    lease_until=now + timedelta(seconds=self.lease),
-                )
+        rows = claim_items(self.job.pk, self.token, limit, self.lease)
         self.quota -= len(rows)
         # Fewer rows than asked may only mean another runner holds some locks for a moment;
         # none at all means nothing is claimable now (anything that becomes so later, a
@@ -546,41 +536,13 @@ class Runner:
             job_id=self.job.pk, claimed_by=self.token, status=JobItem.Status.RUNNING
         ).update(lease_until=until)
         Job.objects.filter(pk=self.job.pk).update(heartbeat_at=timezone.now())
-        with contextlib.suppress(redis.RedisError):
-            self.slots.register(self.lease)
 
     def flush(self, results: list[Result]) -> None:
         """Record results and bump the job's counters in one transaction."""
-        ids = [r.item_id for r in results]
         with transaction.atomic():
             job = Job.objects.select_for_update().get(pk=self.job.pk)
-            mine = set(
-                JobItem.objects.filter(
-                    id__in=ids, claimed_by=self.token, status=JobItem.Status.RUNNING
-                )
-                .select_for_update()
-                .values_list("id", flat=True)
-            )
-            kept = [r for r in results if r.item_id in mine]
-            JobItem.objects.bulk_update(
-                [
-                    JobItem(
-                        id=r.item_id,
-                        status=r.status,
-                        attempts=r.attempts,
-                        error_type=r.error_type,
-                        error_message=r.error_message,
-                        duration_ms=r.duration_ms,
-                        result=r.summary[:300],
-                        started_at=r.started_at,
-                        finished_at=r.finished_at,
-                        lease_until=None,
-                    )
-                    for r in kept
-                ],
-                ITEM_FIELDS,
-                batch_size=1000,
-            )
+            written = write_results(results, self.token)
+            kept = [r for r in results if r.item_id in written]
             self.count(job, kept)
             if not job.error and not job.cancel_requested_at:
                 job.error = stop_reason(job)
@@ -670,21 +632,58 @@ class Runner:
                     break
             return rows
 
+    def balance_slots(self, refresh: bool) -> None:
+        """Move tokens between Redis and the local pool towards min(fair share, demand).
+
+        With `refresh`, also publish this runner's demand, learn its fair share, recreate
+        lost slots, and trim the pool if Redis no longer has the tokens (a restart).
+        """
+        with self.slot_lock:
+            backlog = math.ceil(self.backlog.qsize() / self.batch_size)
+            demand = min(self.threads, self.in_use + self.waiting + backlog)
+        try:
+            if refresh:
+                self.slots.ensure()
+                self.fair_share = self.slots.register(self.lease, demand)
+                actual = self.slots.held()
+                with self.slot_lock:
+                    self.held = min(self.held, actual)
+            target = min(self.fair_share, demand)
+            if self.held < target:
+                got = self.slots.take(target - self.held)
+                if got:
+                    with self.slot_lock:
+                        self.held += got
+                        self.slot_lock.notify(got)
+            elif self.held > target:
+                with self.slot_lock:
+                    spare = self.held - max(target, self.in_use)
+                    self.held -= max(0, spare)
+                if spare > 0:
+                    self.slots.give(spare)
+        except redis.RedisError as exc:
+            log.warning("job %s: Redis unavailable for slots (%s)", self.job.pk, exc)
+
     def acquire_slot(self) -> bool:
-        """Wait for one of the job's slots; False if the job stops meanwhile."""
-        while not self.stopping.is_set():
+        """Wait for a slot from the local pool; False if the job stops meanwhile."""
+        with self.slot_lock:
+            self.waiting += 1
             try:
-                if self.slots.acquire(timeout=1.0):
-                    return True
-                self.slots.ensure()  # recreates the slots if Redis lost them
-            except redis.RedisError as exc:
-                log.warning("job %s: waiting for Redis (%s)", self.job.pk, exc)
-                time.sleep(0.5)
-        return False
+                while self.in_use >= self.held:
+                    if self.stopping.is_set():
+                        return False
+                    self.slot_lock.wait(0.1)
+                if self.stopping.is_set():
+                    return False
+                self.in_use += 1
+                return True
+            finally:
+                self.waiting -= 1
 
     def release_slot(self) -> None:
-        with contextlib.suppress(redis.RedisError):
-            self.slots.release()
+        with self.slot_lock:
+            self.in_use -= 1
+            self.slot_lock.notify()
 
     def cancelled(self, item_id: int, attempts: int = 0) -> Result:
         return Result(item_id, JobItem.Status.CANCELLED, attempts, finished_at=timezone.now())
@@ -790,6 +789,134 @@ class Runner:
                 )
             results.append(result)
         return results
+
+
+# -- Item storage ----------------------------------------------------------------------------
+# The engine's three hot statements. On PostgreSQL each is one round trip with arrays as
+# parameters; Django's bulk helpers cost more than the work itself for fast items. Other
+# databases (SQLite for local runs) take the plain ORM path.
+
+CLAIM_SQL = """
+UPDATE {table} SET status = 'running', claimed_by = %s, lease_until = %s
+WHERE id IN (
+    SELECT id FROM {table} WHERE job_id = %s AND {condition}
+    ORDER BY id LIMIT %s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id, key, attempts
+"""
+# Items of dead workers first (few, and waiting longest), then pending ones in order.
+CLAIM_CONDITIONS = ("status = 'running' AND lease_until < %s", "status = 'pending'")
+
+WRITE_SQL = """
+UPDATE {table} AS item SET
+    status = v.status, attempts = v.attempts, error_type = v.error_type,
+    error_message = v.error_message, duration_ms = v.duration_ms, result = v.result,
+    started_at = v.started_at, finished_at = v.finished_at, lease_until = NULL
+FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[], %s::float8[],
+            %s::text[], %s::timestamptz[], %s::timestamptz[])
+    AS v(id, status, attempts, error_type, error_message, duration_ms, result,
+         started_at, finished_at)
+WHERE item.id = ANY(%s::bigint[]) AND item.id = v.id
+    AND item.claimed_by = %s AND item.status = 'running'
+RETURNING item.id
+"""
+
+INSERT_SQL = """
+INSERT INTO {table} (job_id, key, status, attempts, error_type, error_message, result,
+                     claimed_by)
+SELECT %s, k, 'pending', 0, '', '', '', '' FROM unnest(%s::text[]) AS k
+ON CONFLICT DO NOTHING
+"""
+
+
+def claim_items(job_id: int, token: str, limit: int, lease: float) -> list[tuple[int, str, int]]:
+    """Claim up to `limit` claimable items for runner `token`; return (id, key, attempts)."""
+    now = timezone.now()
+    until = now + timedelta(seconds=lease)
+    if connection.vendor == "postgresql":
+        rows = []
+        with transaction.atomic(), connection.cursor() as cursor:
+            for condition in CLAIM_CONDITIONS:
+                sql = CLAIM_SQL.format(table=JobItem._meta.db_table, condition=condition)
+                params = [now] if "%s" in condition else []
+                cursor.execute(sql, [token, until, job_id, *params, limit - len(rows)])
+                rows += cursor.fetchall()
+                if len(rows) >= limit:
+                    break
+        return sorted(rows)
+    with transaction.atomic():
+        rows = list(
+            JobItem.objects.filter(job_id=job_id)
+            .claimable(now)
+            .order_by("id")
+            .select_for_update(skip_locked=True)
+            .values_list("id", "key", "attempts")[:limit]
+        )
+        JobItem.objects.filter(id__in=[row[0] for row in rows]).update(
+            status=JobItem.Status.RUNNING, claimed_by=token, lease_until=until
+        )
+    return rows
+
+
+def write_results(results: list[Result], token: str) -> set[int]:
+    """Store final item states for items `token` still holds; return their ids.
+
+    An item whose lease lapsed and went to another runner is not written (nor counted):
+    whoever holds it now records it, so every item counts once.
+    """
+    if not results:
+        return set()
+    if connection.vendor == "postgresql":
+        columns = [
+            [r.item_id for r in results],
+            [r.status for r in results],
+            [r.attempts for r in results],
+            [r.error_type for r in results],
+            [r.error_message for r in results],
+            [r.duration_ms for r in results],
+            [r.summary[:300] for r in results],
+            [r.started_at for r in results],
+            [r.finished_at for r in results],
+        ]
+        with connection.cursor() as cursor:
+            # The ids twice: `id = ANY(...)` steers the planner to the primary key.
+            sql = WRITE_SQL.format(table=JobItem._meta.db_table)
+            cursor.execute(sql, [*columns, columns[0], token])
+            return {row[0] for row in cursor.fetchall()}
+    by_id = {r.item_id: r for r in results}
+    mine = list(
+        JobItem.objects.filter(id__in=by_id, claimed_by=token, status=JobItem.Status.RUNNING)
+        .select_for_update()
+        .values_list("id", flat=True)
+    )
+    for item_id in mine:
+        r = by_id[item_id]
+        JobItem.objects.filter(id=item_id).update(
+            status=r.status,
+            attempts=r.attempts,
+            error_type=r.error_type,
+            error_message=r.error_message,
+            duration_ms=r.duration_ms,
+            result=r.summary[:300],
+            started_at=r.started_at,
+            finished_at=r.finished_at,
+            lease_until=None,
+        )
+    return set(mine)
+
+
+def insert_items(job_id: int, keys: Iterable[str]) -> None:
+    """Insert pending items, ignoring keys the job already has."""
+    for batch in batched((str(key) for key in keys), 10_000):
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                sql = INSERT_SQL.format(table=JobItem._meta.db_table)
+                cursor.execute(sql, [job_id, list(batch)])
+        else:
+            JobItem.objects.bulk_create(
+                [JobItem(job_id=job_id, key=key) for key in batch], ignore_conflicts=True
+            )
 
 
 def stop_reason(job: Job) -> str:
