@@ -967,6 +967,9 @@ def sweep() -> list[str]:
     settle a cancelled job's orphaned items, and enqueue chunks when items wait but no
     chunk is queued and no runner is alive.
     """
+    # One sweep per period across all supervisors; a second would only do the same work.
+    if not get_redis().set("batch:sweep", 1, nx=True, px=int(settings.BATCH_SWEEP_SECONDS * 900)):
+        return []
     actions = []
     queued = set(get_queue().get_job_ids())
     now = timezone.now()

@@ -38,8 +38,9 @@ class ContactQuerySet(models.QuerySet):
 
 
 class Contact(models.Model):
+    # No index of its own: contact_org_external_uniq and contact_org_state_idx lead with it.
     organization = models.ForeignKey(
-        Organization, on_delete=models.CASCADE, related_name="contacts"
+        Organization, on_delete=models.CASCADE, related_name="contacts", db_index=False
     )
     external_id = models.CharField(max_length=64, help_text="The `id` column of the import.")
     first_name = models.CharField(max_length=100, blank=True)

@@ -1,0 +1,431 @@
+"""Import contacts from CSV, and preview their schedule from the same CSV format.
+
+Callers: the import_contacts and preview_schedule commands, and the dashboard's upload view
+(which wraps the uploaded file in text_stream()).
+
+The format: a header line naming at least REQUIRED_COLUMNS (values may be empty where the rules
+allow), optionally OPTIONAL_COLUMNS; other columns are ignored. Column names and values are
+stripped of surrounding spaces, column names are case-insensitive. A line with no values at all
+(blank, or only commas) is skipped and not counted.
+
+Row numbers are line numbers as a person counts them in the file: the header is line 1, so the
+first data row is row 2; a row whose quoted value spans several lines is numbered by its first
+line.
+
+Import decisions:
+- A contact is identified by (organization, `id`): a second import updates it, never duplicates
+  it; the same `id` in two organizations is two contacts. The same `id` twice in one file and
+  organization: the last row wins, and it counts as an update.
+- The organization is the `organization` argument for every row when given (a file's
+  organization column is then ignored), else the row's organization column. A row with neither
+  is a bad row; no default organization is made up.
+- A bad row is reported (one RowError per bad field) and not saved; it never stops the import.
+  Rows that cannot be read (wrong number of values, not UTF-8, a NUL character, a value over the
+  csv module's field limit) are bad rows with field "row".
+- Validation uses the rule engine's parsers (state, dates, birth date not after today), so the
+  import and the preview agree; besides, `id` and `email` are required, `email` must look like
+  an address, and no value may be longer than its column.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from typing import IO, TextIO
+
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+from django.db import transaction
+from django.utils import timezone
+
+from scheduler_app import rules
+from scheduler_app.models import Contact, ContactImport, Organization
+
+REQUIRED_COLUMNS = (
+    "id",
+    "first_name",
+    "last_name",
+    "email",
+    "state",
+    "birth_date",
+    "effective_date",
+)
+OPTIONAL_COLUMNS = ("phone", "zip", "carrier", "plan_type", "organization")
+# CSV column -> Contact field, for the plain text values.
+TEXT_COLUMNS = {
+    "id": "external_id",
+    "first_name": "first_name",
+    "last_name": "last_name",
+    "email": "email",
+    "phone": "phone",
+    "zip": "zip_code",
+    "carrier": "carrier",
+    "plan_type": "plan_type",
+}
+# What an upsert rewrites: every data field, never created_at.
+UPDATE_FIELDS = [*TEXT_COLUMNS.values(), "state", "birth_date", "effective_date", "updated_at"]
+# A report keeps this many RowErrors and counts the rest, so a file of garbage keeps memory flat.
+MAX_LISTED_ERRORS = 10_000
+MAX_LENGTHS = {
+    **{column: Contact._meta.get_field(name).max_length for column, name in TEXT_COLUMNS.items()},
+    "organization": Organization._meta.get_field("name").max_length,
+}
+
+
+class HeaderError(ValueError):
+    """The file cannot be imported at all: empty, not CSV, or required columns missing."""
+
+
+@dataclass
+class RowError:
+    """One bad field of one row; row is the row's line number in the file (header = 1)."""
+
+    row: int
+    field: str
+    value: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"row {self.row}: {self.field} {self.value!r}: {self.reason}"
+
+
+@dataclass
+class ImportReport:
+    """What an import did: counts, the bad rows' errors, the organizations it wrote to.
+
+    rows = created + updated + failed. errors lists at most MAX_LISTED_ERRORS errors;
+    unlisted_errors counts the others.
+    """
+
+    rows: int = 0
+    created: int = 0
+    updated: int = 0
+    failed: int = 0  # bad rows, each with one or more errors
+    errors: list[RowError] = field(default_factory=list)
+    unlisted_errors: int = 0
+    organizations: set[str] = field(default_factory=set)
+
+    def add_error(self, error: RowError) -> None:
+        if len(self.errors) < MAX_LISTED_ERRORS:
+            self.errors.append(error)
+        else:
+            self.unlisted_errors += 1
+
+    def errors_csv(self) -> str:
+        """The errors as CSV with the header row,field,value,reason, for download.
+
+        When errors were left out, a last line says how many (its reason column only).
+        """
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["row", "field", "value", "reason"])
+        for error in self.errors:
+            writer.writerow([error.row, error.field, spreadsheet_safe(error.value), error.reason])
+        if self.unlisted_errors:
+            note = f"... and {self.unlisted_errors:,} more errors (a report lists the first "
+            writer.writerow(["", "", "", note + f"{MAX_LISTED_ERRORS:,})"])
+        return out.getvalue()
+
+
+def spreadsheet_safe(value: str) -> str:
+    """Keep a spreadsheet from running an uploaded value as a formula (CSV injection)."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+@dataclass
+class CsvRow:
+    """One data row of the file, as read_rows() yields it.
+
+    values are stripped and keyed by column name; problem says why the row could not be read,
+    and is "" when it could.
+    """
+
+    line: int
+    values: dict[str, str]
+    problem: str = ""
+    raw: str = ""  # the row as read, printable, for the report of an unreadable row
+
+
+def text_stream(binary: IO[bytes]) -> TextIO:
+    """Wrap an uploaded file for import_contacts() / preview_csv().
+
+    Bytes that are not UTF-8 become bad rows instead of an exception halfway through the file.
+    """
+    return io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+def open_csv(path: str) -> TextIO:
+    """Open a CSV file the way the commands read it; see text_stream()."""
+    return open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")  # noqa: SIM115
+
+
+def read_rows(stream: TextIO | Iterable[str]) -> Iterator[CsvRow]:
+    """Check the header now (HeaderError), then yield the data rows one at a time."""
+    reader = csv.reader(stream)
+    try:
+        header = next(reader, None)
+    except UnicodeDecodeError:
+        raise HeaderError("the file is not UTF-8 text (save it as CSV UTF-8)") from None
+    except csv.Error as exc:
+        raise HeaderError(f"the header line cannot be read: {exc}") from None
+    if not header:
+        raise HeaderError("the file is empty (the first line must name the columns)")
+    # A caller that decoded with "utf-8" rather than "utf-8-sig" leaves Excel's byte order mark.
+    header[0] = header[0].removeprefix("\ufeff")
+    columns = [name.strip().lower() for name in header]
+    text = ",".join(columns)
+    if _unreadable(text):
+        raise HeaderError("the header line is not UTF-8 text (save the file as CSV UTF-8)")
+    missing = [name for name in REQUIRED_COLUMNS if name not in columns]
+    if missing:
+        raise HeaderError(
+            f"missing required columns: {', '.join(missing)} "
+            f"(the header line reads {_shorten(text)!r}; columns are separated by commas)"
+        )
+    duplicated = sorted({name for name in columns if name and columns.count(name) > 1})
+    if duplicated:
+        raise HeaderError(f"duplicated columns: {', '.join(duplicated)}")
+    return _data_rows(reader, columns)
+
+
+def _data_rows(reader, columns: list[str]) -> Iterator[CsvRow]:
+    while True:
+        line = reader.line_num + 1  # where the next row starts
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # e.g. a value over the field limit; the reader goes on after it
+            yield CsvRow(line, {}, problem=str(exc))
+            continue
+        except UnicodeDecodeError:
+            # Only from a stream decoded strictly (not text_stream() or open_csv()). It decodes
+            # a block at a time and cannot resume, so nothing from this row on can be read.
+            problem = "is not UTF-8 text: this row and the rest of the file were not read"
+            yield CsvRow(line, {}, problem=problem)
+            return
+        if not any(value.strip() for value in fields):
+            continue
+        values = {name: value.strip() for name, value in zip(columns, fields, strict=False)}
+        text = ",".join(fields)
+        if len(fields) != len(columns):
+            problem = f"has {len(fields)} values, the header has {len(columns)} columns"
+        elif "\x00" in text:
+            problem = "contains a NUL character"
+        elif _unreadable(text):
+            problem = "is not UTF-8 text (save the file as CSV UTF-8)"
+        else:
+            yield CsvRow(line, values)
+            continue
+        printable = {name: _printable(value) for name, value in values.items()}
+        yield CsvRow(line, printable, problem=problem, raw=_shorten(_printable(text)))
+
+
+def _unreadable(text: str) -> bool:
+    """Whether text holds bytes that were not UTF-8 (lone surrogates from surrogateescape)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _printable(text: str) -> str:
+    """text with undecodable bytes and NULs spelled out, safe for PostgreSQL and a terminal."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text.replace("\x00", "\\x00")
+
+
+def _shorten(text: str, length: int = 200) -> str:
+    return text if len(text) <= length else text[: length - 3] + "..."
+
+
+def _reason(err: rules.RuleError, text: str) -> str:
+    """The rule engine's message without the field and value a RowError already has."""
+    return str(err).removeprefix(f"{err.field}: ").removeprefix(f"{text!r} ")
+
+
+def _check_row(row: CsvRow, organization: str, today: date) -> tuple[dict, list[RowError]]:
+    """The Contact field values of a good row, and one RowError per bad field."""
+    values, line = row.values, row.line
+    data = {}
+    errors = []
+    for column, field_name in TEXT_COLUMNS.items():
+        text = values.get(column, "")
+        if len(text) > MAX_LENGTHS[column]:
+            reason = f"is longer than {MAX_LENGTHS[column]} characters"
+            errors.append(RowError(line, column, text, reason))
+        elif column in ("id", "email") and not text:
+            errors.append(RowError(line, column, text, "missing"))
+        elif column == "email":
+            try:
+                validate_email(text)
+            except ValidationError:
+                errors.append(RowError(line, column, text, "is not an email address"))
+        data[field_name] = text
+
+    text = values["state"]
+    try:
+        data["state"] = rules.parse_state(text)
+    except rules.RuleError as err:
+        errors.append(RowError(line, "state", text, _reason(err, text)))
+    for column in ("birth_date", "effective_date"):
+        text = values[column]
+        try:
+            data[column] = rules.parse_date(text, column)
+        except rules.RuleError as err:
+            errors.append(RowError(line, column, text, _reason(err, text)))
+    # The same rule as rules.parse_contact(), which stops at the first bad field.
+    birth = data.get("birth_date")
+    if birth is not None and birth > today:
+        reason = f"is after today ({today})"
+        errors.append(RowError(line, "birth_date", values["birth_date"], reason))
+
+    if not organization:
+        reason = "missing (give the file an organization column, or choose an organization)"
+        errors.append(RowError(line, "organization", organization, reason))
+    elif len(organization) > MAX_LENGTHS["organization"]:
+        reason = f"is longer than {MAX_LENGTHS['organization']} characters"
+        errors.append(RowError(line, "organization", organization, reason))
+    return data, errors
+
+
+def import_contacts(
+    stream: TextIO | Iterable[str],
+    *,
+    organization: str | None = None,
+    batch_size: int = 2000,
+    progress: Callable[[ImportReport], None] | None = None,
+) -> ImportReport:
+    """Validate every row and upsert the good ones by (organization, id); report the bad ones.
+
+    Raises HeaderError before saving anything when the file cannot be imported at all.
+
+    1. Read the header (HeaderError when a required column is missing).
+    2. For each row: check every field; a bad row adds its errors to the report and is skipped.
+    3. Collect good rows by (organization, id) until batch_size distinct contacts are waiting;
+       a later row with the same key replaces the waiting one.
+    4. Save a batch in one transaction: one query for which contacts exist (so created and
+       updated are exact), one INSERT ... ON CONFLICT DO UPDATE. A failure later in the file
+       keeps the batches already saved.
+    5. progress(report) after each batch, for a caller that shows progress.
+    """
+    rows = read_rows(stream)
+    organization = (organization or "").strip() or None
+    today = timezone.localdate()
+    report = ImportReport()
+    organization_ids: dict[str, int] = {}
+    waiting: dict[tuple[int, str], Contact] = {}
+
+    for row in rows:
+        report.rows += 1
+        if row.problem:
+            report.failed += 1
+            report.add_error(RowError(row.line, "row", row.raw, row.problem))
+            continue
+        name = organization or row.values.get("organization", "")
+        data, errors = _check_row(row, name, today)
+        if errors:
+            report.failed += 1
+            for error in errors:
+                report.add_error(error)
+            continue
+
+        if name not in organization_ids:
+            organization_ids[name] = Organization.objects.get_or_create(name=name)[0].pk
+            report.organizations.add(name)
+        key = (organization_ids[name], data["external_id"])
+        if key in waiting:
+            report.updated += 1  # the earlier row of this file created or updated it
+        waiting[key] = Contact(organization_id=key[0], **data)
+        if len(waiting) >= batch_size:
+            _save_batch(waiting, report)
+            waiting = {}
+            if progress:
+                progress(report)
+
+    if waiting:
+        _save_batch(waiting, report)
+    if progress:
+        progress(report)
+    return report
+
+
+def _save_batch(waiting: dict[tuple[int, str], Contact], report: ImportReport) -> None:
+    with transaction.atomic():
+        existing = set(
+            Contact.objects.filter(
+                organization_id__in={org for org, _ in waiting},
+                external_id__in=[external_id for _, external_id in waiting],
+            ).values_list("organization_id", "external_id")
+        )
+        Contact.objects.bulk_create(
+            waiting.values(),
+            update_conflicts=True,
+            unique_fields=["organization", "external_id"],
+            update_fields=UPDATE_FIELDS,
+        )
+    updated = len(existing & waiting.keys())
+    report.updated += updated
+    report.created += len(waiting) - updated
+
+
+def save_report(
+    report: ImportReport, *, filename: str = "", organization: str = "", user=None
+) -> ContactImport:
+    """Record an import for the dashboard's history, with its errors as downloadable CSV.
+
+    organization defaults to the names of the organizations the import wrote to.
+    """
+    if not organization:
+        organization = ", ".join(sorted(report.organizations))
+    return ContactImport.objects.create(
+        created_by=user,
+        filename=filename[:255],
+        organization=_shorten(organization),
+        rows=report.rows,
+        created=report.created,
+        updated=report.updated,
+        failed=report.failed,
+        errors_csv=report.errors_csv(),
+    )
+
+
+def preview_csv(stream: TextIO | Iterable[str], today: date) -> Iterator[dict]:
+    """The preview_schedule results of a CSV file, one per data row in file order.
+
+    Each is {"id", "emails": [{"type", "date"}]} or {"id", "error"}, as rules.preview()
+    makes them. Raises HeaderError at once (before any result) when the header is unusable.
+    Only what the rules use is validated (state and dates), and the row's shape.
+    """
+    return _preview(read_rows(stream), today)
+
+
+def _preview(rows: Iterator[CsvRow], today: date) -> Iterator[dict]:
+    # rules.preview() cannot see the unreadable rows, and they must not take an AEP position,
+    # so this is its loop with one more kind of error.
+    position = 0
+    for row in rows:
+        row_id = row.values.get("id", "")
+        if row.problem:
+            yield {"id": row_id, "error": f"row: {row.problem}"}
+            continue
+        values = row.values
+        try:
+            contact = rules.parse_contact(
+                values["state"], values["birth_date"], values["effective_date"], today
+            )
+        except rules.RuleError as err:
+            yield {"id": row_id, "error": str(err)}
+            continue
+        emails = []
+        if rules.is_eligible(contact):
+            emails = rules.compute_emails(contact, today, position)
+            position += 1
+        yield {
+            "id": row_id,
+            "emails": [{"type": e.type, "date": e.date.isoformat()} for e in emails],
+        }
