@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django import forms
 from django.conf import settings
+from django.core.exceptions import NON_FIELD_ERRORS
 
 from project.kinds import JobKind, all_kinds
 from project.models import Job
@@ -55,6 +56,14 @@ class LaunchForm(forms.Form):
         # Not short-circuited: both forms collect their errors for the page.
         return all([super().is_valid(), self.params.is_valid()])
 
+    def params_data(self) -> dict:
+        """The kind's parameters as submitted, without the prefix.
+
+        `engine.launch` parses them with the kind's form again, as it parses the command
+        line's strings, so the job stores exactly what `run_job` would for the same input.
+        """
+        return {name: self.params[name].data for name in self.params.fields}
+
     def launch_kwargs(self) -> dict:
         """Keyword arguments of `engine.launch` beyond the kind's name and parameters."""
         return {
@@ -71,6 +80,8 @@ class LaunchForm(forms.Form):
                 self.params.add_error(name, problem)
             elif problem and name in self.fields:
                 self.add_error(name, problem)
+            elif problem and name == NON_FIELD_ERRORS:
+                self.add_error(None, problem)
             else:
                 self.add_error(None, message)
 

@@ -15,7 +15,11 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.views.decorators.http import require_POST
-from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
+from django_htmx.http import (
+    HttpResponseClientRedirect,
+    HttpResponseStopPolling,
+    trigger_client_event,
+)
 
 from project import engine
 from project.forms import JobFilterForm, LaunchForm
@@ -117,7 +121,7 @@ def launch(request: HttpRequest, kind: str) -> HttpResponse:
         try:
             job = engine.launch(
                 job_kind.name,
-                form.params.cleaned_data,
+                form.params_data(),
                 source=Job.Source.DASHBOARD,
                 user=request.user,
                 **form.launch_kwargs(),
@@ -200,9 +204,13 @@ def job_progress(request: HttpRequest, job_id: int) -> HttpResponse:
     if not request.htmx:
         return redirect(job)
     context = _progress_context(job)
-    return _render_polled(
+    response = _render_polled(
         request, "project/job_detail.html#progress", context, done=job.is_finished
     )
+    if job.is_finished:
+        # The item table listens for this and reloads once, so no row is left "running".
+        trigger_client_event(response, "job-finished")
+    return response
 
 
 @login_required
