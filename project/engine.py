@@ -43,7 +43,7 @@ import redis
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import close_old_connections, connection, connections, transaction
-from django.db.models import Count, F
+from django.db.models import F
 from django.utils import timezone
 from rq import Queue
 
@@ -102,7 +102,7 @@ def launch(
             parent=parent,
             stop_after_consecutive=stop_after_consecutive,
             stop_failure_ratio=stop_failure_ratio,
-            stop_min_items=stop_min_items or 50,
+            stop_min_items=50 if stop_min_items is None else stop_min_items,
         )
         add_items(job, kind.item_keys(job) if keys is None else keys)
     return job
@@ -120,7 +120,8 @@ def add_items(job: Job, keys: Iterable[str]) -> int:
     added = job.total - before
     job_id = job.pk
     if added:
-        transaction.on_commit(lambda: enqueue_chunks(job_id, added))
+        # robust: if Redis is down the job still exists and the sweeper enqueues it later.
+        transaction.on_commit(lambda: enqueue_chunks(job_id, added), robust=True)
     elif job.planning_done:
         transaction.on_commit(lambda: finalize(job_id))
     return added
@@ -182,6 +183,10 @@ def cancel(job: Job) -> bool:
 
 def retry_failed(job: Job, *, user=None, source: str = Job.Source.DASHBOARD) -> Job:
     """Launch a new job of the same kind over this job's failed items, linked to it."""
+    if not job.is_finished:
+        raise ValidationError("The job is still running; retry its failures once it ends.")
+    if not job.failed:
+        raise ValidationError("The job has no failed items to retry.")
     keys = JobItem.objects.filter(job=job, status=JobItem.Status.FAILED).values_list(
         "key", flat=True
     )
@@ -257,22 +262,15 @@ class LiveFigures:
 
 
 def live_figures(job: Job) -> LiveFigures:
-    """In-flight count and latency percentiles while a job runs: two Redis reads, no scan."""
+    """In-flight count and latency percentiles while a job runs: a few Redis reads, no scan."""
     if job.is_finished:
         return LiveFigures(0, job.p50_ms, job.p95_ms)
     figures = LiveFigures()
     try:
-        conn = get_redis()
-        pipe = conn.pipeline(transaction=False)
-        slots = Slots(job.pk, job.concurrency, "")
-        pipe.exists(slots.init_key)
-        pipe.llen(slots.free_key)
-        pipe.hgetall(f"batch:{job.pk}:latency")
-        initialised, free, histogram = pipe.execute()
+        histogram = get_redis().hgetall(f"batch:{job.pk}:latency")
+        figures.in_flight = Slots(job.pk, job.concurrency, "").in_flight()
     except redis.RedisError:
         return figures
-    if initialised:
-        figures.in_flight = max(0, job.concurrency - free)
     counts = sorted((int(b), int(n)) for b, n in histogram.items())
     total = sum(n for _, n in counts)
     for fraction, name in ((0.5, "p50_ms"), (0.95, "p95_ms")):
@@ -321,18 +319,28 @@ class Slots:
             pipe.expire(self.free_key, KEY_TTL)
             pipe.execute()
 
-    def register(self, lease: float, demand: int) -> int:
-        """Say this runner is alive and how many slots it could use; return its fair share."""
+    def register(self, lease: float, demand: int, in_use: int) -> int:
+        """Say this runner is alive, how many slots it could use and uses; return its fair share."""
         conn = get_redis()
         pipe = conn.pipeline()
         pipe.sadd(self.owners_key, self.owner)
         pipe.expire(self.owners_key, KEY_TTL)
-        pipe.set(self.alive_key, demand, ex=max(1, math.ceil(lease)))
-        pipe.smembers(self.owners_key)
-        owners = pipe.execute()[-1]
-        demands = conn.mget([f"{self.prefix}:alive:{o.decode()}" for o in owners])
-        wanting = sum(1 for d in demands if d is not None and int(d) > 0)
+        pipe.set(self.alive_key, f"{demand},{in_use}", ex=max(1, math.ceil(lease)))
+        pipe.execute()
+        wanting = sum(1 for demand, _ in self.runners() if demand > 0)
         return math.ceil(self.limit / max(1, wanting))
+
+    def runners(self) -> list[tuple[int, int]]:
+        """(demand, in use) of each live runner, as each last said (at most 0.5 s ago)."""
+        conn = get_redis()
+        owners = conn.smembers(self.owners_key)
+        if not owners:
+            return []
+        values = conn.mget([f"{self.prefix}:alive:{o.decode()}" for o in owners])
+        return [tuple(map(int, v.split(b","))) for v in values if v is not None]
+
+    def in_flight(self) -> int:
+        return sum(in_use for _, in_use in self.runners())
 
     def take(self, count: int) -> int:
         """Move up to `count` free tokens to this runner; return how many it got."""
@@ -360,9 +368,7 @@ class Slots:
         pipe.execute()
 
     def has_live_runner(self) -> bool:
-        conn = get_redis()
-        owners = [o.decode() for o in conn.smembers(self.owners_key)]
-        return bool(owners) and bool(conn.exists(*[f"{self.prefix}:alive:{o}" for o in owners]))
+        return bool(self.runners())
 
     def reclaim_dead(self) -> int:
         """Return the tokens of runners whose `alive` key has lapsed; return how many."""
@@ -405,6 +411,11 @@ class Result:
     error_type: str = ""
     error_message: str = ""
     tallies: dict = field(default_factory=dict)
+
+
+def printable(text: str) -> str:
+    """Text PostgreSQL can store: no NUL characters (an error message may carry anything)."""
+    return text.replace("\x00", "\\x00")
 
 
 def backoff_seconds(attempt: int) -> float:
@@ -560,6 +571,7 @@ class Runner:
                     "cancelled",
                     "consecutive_failures",
                     "tallies",
+                    "failure_counts",
                     "duration_total_ms",
                     "error",
                     "heartbeat_at",
@@ -581,6 +593,9 @@ class Runner:
             job.duration_total_ms += r.duration_ms or 0
             for name, n in r.tallies.items():
                 job.tallies[name] = job.tallies.get(name, 0) + n
+            if r.status == JobItem.Status.FAILED:
+                group = failure_key(job, r.error_type, r.error_message)
+                job.failure_counts[group] = job.failure_counts.get(group, 0) + 1
 
     def record_latency(self, results: list[Result]) -> None:
         buckets: dict[int, int] = {}
@@ -644,7 +659,7 @@ class Runner:
         try:
             if refresh:
                 self.slots.ensure()
-                self.fair_share = self.slots.register(self.lease, demand)
+                self.fair_share = self.slots.register(self.lease, demand, self.in_use)
                 actual = self.slots.held()
                 with self.slot_lock:
                     self.held = min(self.held, actual)
@@ -739,13 +754,14 @@ class Runner:
             finished_at,
             duration_ms,
             error_type=type(error).__name__,
-            error_message=(str(error) or repr(error))[:2000],
+            error_message=printable(str(error) or repr(error))[:2000],
         )
 
     @staticmethod
     def success(item_id, outcome, attempt, started_at, duration_ms, finished_at) -> Result:
         if not isinstance(outcome, Outcome):
             outcome = Outcome(summary="" if outcome is None else str(outcome))
+        outcome.summary = printable(outcome.summary)
         return Result(
             item_id,
             outcome.status,
@@ -1008,11 +1024,25 @@ def sweep() -> list[str]:
     return actions
 
 
+MAX_FAILURE_GROUPS = 100
+OTHER_FAILURES = "\x1fother"
+
+
+def failure_key(job: Job, error_type: str, message: str) -> str:
+    """The job.failure_counts key of a failure; past MAX_FAILURE_GROUPS, one for the rest."""
+    key = f"{error_type}\x1f{message[:300]}"
+    if key in job.failure_counts or len(job.failure_counts) < MAX_FAILURE_GROUPS:
+        return key
+    return OTHER_FAILURES
+
+
 def failure_groups(job: Job, limit: int = 20) -> list[dict]:
-    """Failures grouped by error type and message, most frequent first."""
-    return list(
-        JobItem.objects.filter(job=job, status=JobItem.Status.FAILED)
-        .values("error_type", "error_message")
-        .annotate(count=Count("id"))
-        .order_by("-count", "error_type")[:limit]
-    )
+    """Failures grouped by error type and message, most frequent first (from the counters)."""
+    groups = []
+    for key, count in job.failure_counts.items():
+        error_type, _, message = key.partition("\x1f")
+        if key == OTHER_FAILURES:
+            error_type, message = "", "(other errors)"
+        groups.append({"error_type": error_type, "error_message": message, "count": count})
+    groups.sort(key=lambda g: (-g["count"], g["error_type"], g["error_message"]))
+    return groups[:limit]

@@ -72,6 +72,9 @@ class Job(models.Model):
     consecutive_failures = models.PositiveIntegerField(default=0)
     # Kind-specific counts (e.g. emails by type), summed over items as they settle.
     tallies = models.JSONField(default=dict, blank=True)
+    # Failures grouped by "error type: message" -> count, kept as items fail so the job page
+    # never groups the items themselves (see engine.failure_groups).
+    failure_counts = models.JSONField(default=dict, blank=True)
     duration_total_ms = models.FloatField(default=0)
     p50_ms = models.FloatField(null=True, blank=True)
     p95_ms = models.FloatField(null=True, blank=True)

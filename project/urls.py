@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import path
 
 from project import views
 
@@ -17,6 +17,5 @@ urlpatterns = [
     path("jobs/<int:job_id>/retry/", views.retry, name="job_retry"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("admin/django-rq/", include("django_rq.urls")),
     path("admin/", admin.site.urls),
 ]

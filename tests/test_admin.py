@@ -132,7 +132,7 @@ def test_staff_who_may_only_view_jobs_get_no_actions(client, django_user_model, 
 
 def test_the_admin_index_links_to_the_django_rq_dashboard_which_loads(admin_client, redis_db):
     index = admin_client.get(reverse("admin:index"))
-    dashboard = admin_client.get("/admin/django-rq/")
+    dashboard = admin_client.get(reverse("admin:django_rq_dashboard_changelist"))
 
     assert index.status_code == 200
     assert "Django-RQ" in index.text

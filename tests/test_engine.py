@@ -290,3 +290,34 @@ def test_a_planner_can_add_items_while_the_job_runs(workers):
     assert job.total == 60
     assert job.status == Job.Status.SUCCEEDED
     assert_counters_match_items(job)
+
+
+def test_live_figures_count_items_in_flight_and_failure_groups_come_from_counters(workers):
+    workers(2)
+    params = {"items": 200, "latency_ms": 200, "fail_rate": 0.2, "seed": 9}
+    job = engine.launch("sleep", params, concurrency=6)
+    wait_until(lambda: Job.objects.get(pk=job.pk).settled >= 20)
+    in_flight = wait_until(lambda: engine.live_figures(job).in_flight)
+    assert 1 <= in_flight <= 6
+    job = wait_for_job(job)
+    failed = JobItem.objects.filter(job=job, status="failed").count()
+    assert engine.failure_groups(job) == [
+        {
+            "error_type": "PermanentError",
+            "error_message": "simulated permanent failure",
+            "count": failed,
+        }
+    ]
+    assert engine.live_figures(job).in_flight == 0
+
+
+def test_retrying_a_job_without_failures_is_refused(transactional_db, redis_db):
+    job = engine.launch("sleep", {"items": 1}, keys=[])
+    job.refresh_from_db()
+    with pytest.raises(engine.ValidationError, match="no failed items"):
+        engine.retry_failed(job)
+
+
+def test_an_error_message_with_a_nul_byte_is_stored_readably():
+    result = engine.Runner.failure(1, ValueError("bad\x00byte"), 1, None, 0.0, None)
+    assert result.error_message == "bad\\x00byte"

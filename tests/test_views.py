@@ -7,8 +7,6 @@ them along by updating rows.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from django.core.exceptions import ValidationError
 from django.db import connection
@@ -34,9 +32,14 @@ def update(job: Job, **fields) -> Job:
 
 
 def fail_items(job: Job, keys, error_type="PermanentError", message="boom") -> None:
-    JobItem.objects.filter(job=job, key__in=keys).update(
+    """Fail items as a runner would, failure counters included."""
+    failed = JobItem.objects.filter(job=job, key__in=keys).update(
         status=JobItem.Status.FAILED, error_type=error_type, error_message=message, attempts=1
     )
+    job.refresh_from_db()
+    group = engine.failure_key(job, error_type, message)
+    job.failure_counts[group] = job.failure_counts.get(group, 0) + failed
+    Job.objects.filter(pk=job.pk).update(failure_counts=job.failure_counts)
 
 
 def finish(job: Job, **fields) -> Job:
@@ -394,23 +397,6 @@ def test_reading_progress_and_items_costs_the_same_for_a_big_job(operator_client
         big_queries = queries(reverse(name, args=[big.pk]))
         assert len(big_queries) == len(small_queries) <= 7
         assert not any("COUNT(" in sql and "GROUP BY" not in sql for sql in big_queries)
-
-
-def test_the_progress_partial_of_a_100_000_item_job_answers_within_50_ms(operator_client, operator):
-    job = launch_sleep(operator, items=100_000)
-    fail_items(job, [str(i) for i in range(0, 100_000, 100)], "TimeoutError", "timed out")
-    update(job, status=Job.Status.RUNNING, failed=1000, succeeded=40_000, started_at=job.created_at)
-    url = reverse("job_progress", args=[job.pk])
-    operator_client.get(url, **HX)  # warm up: template compiled, connections open
-
-    timings = []
-    for _ in range(40):
-        start = time.perf_counter()
-        assert operator_client.get(url, **HX).status_code == 200
-        timings.append(time.perf_counter() - start)
-
-    p95 = sorted(timings)[37]
-    assert p95 < 0.050, f"p95 {p95 * 1000:.0f} ms"
 
 
 def test_the_progress_url_without_htmx_leads_to_the_job_page(operator_client, job):
