@@ -122,7 +122,9 @@ def dashboard_case() -> dict:
         stop = threading.Event()
         while Job.objects.get(pk=job.pk).settled < 1000:
             time.sleep(0.05)
-        probe = threading.Thread(target=measure_progress_partial, args=(job.pk, cookie, stop, samples))
+        probe = threading.Thread(
+            target=measure_progress_partial, args=(job.pk, cookie, stop, samples)
+        )
         probe.start()
         time.sleep(20)
         stop.set()
