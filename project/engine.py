@@ -6,7 +6,7 @@ can be rebuilt: the RQ queue of chunks, the job's concurrency slots, live latenc
 
 How a job runs:
 1. `launch` creates the job and its items in one transaction and, after commit, enqueues
-   chunks: RQ jobs that each call `Runner.run` for up to BATCH_CHUNK_SIZE items. Chunks are
+   chunks: RQ jobs that each call `Runner.run` for up to a quota of items. Chunks are
    interchangeable; any worker on any machine takes any of them.
 2. A runner claims items with `SELECT ... FOR UPDATE SKIP LOCKED`, so no two runners hold
    the same item, and runs them in threads. Before an item starts, its thread takes one of
@@ -138,13 +138,14 @@ def enqueue_chunks(job_id: int, items: int) -> int:
     """Enqueue enough chunks to cover `items` items; return how many."""
     from project.jobs import run_chunk
 
-    count = max(1, math.ceil(items / settings.BATCH_CHUNK_SIZE))
+    quota = max(settings.BATCH_CHUNK_SIZE, math.ceil(items / settings.BATCH_MAX_CHUNKS))
+    count = max(1, math.ceil(items / quota))
     rq_queue = get_queue()
     rq_queue.enqueue_many(
         [
             Queue.prepare_data(
                 run_chunk,
-                args=(job_id,),
+                args=(job_id, quota),
                 job_id=f"batch-{job_id}-{uuid.uuid4().hex[:12]}",
                 timeout=-1,  # items carry their own timeouts; leases cover a dead worker
                 result_ttl=0,  # results live in PostgreSQL
@@ -286,6 +287,14 @@ def live_figures(job: Job) -> LiveFigures:
 # -- The global concurrency limit ------------------------------------------------------------
 
 
+# Move every element of list KEYS[1] to list KEYS[2]; return how many (one round trip).
+MOVE_ALL = """
+local moved = 0
+while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do moved = moved + 1 end
+return moved
+"""
+
+
 class Slots:
     """A job's C concurrency slots: interchangeable tokens in Redis lists.
 
@@ -360,8 +369,7 @@ class Slots:
 
     def close(self) -> None:
         conn = get_redis()
-        while conn.lmove(self.held_key, self.free_key, "LEFT", "RIGHT") is not None:
-            pass
+        conn.register_script(MOVE_ALL)(keys=[self.held_key, self.free_key])
         pipe = conn.pipeline()
         pipe.srem(self.owners_key, self.owner)
         pipe.delete(self.alive_key, self.held_key)
@@ -379,8 +387,7 @@ class Slots:
             if conn.exists(f"{self.prefix}:alive:{owner}"):
                 continue
             held = f"{self.prefix}:held:{owner}"
-            while conn.lmove(held, self.free_key, "LEFT", "RIGHT") is not None:
-                returned += 1
+            returned += conn.register_script(MOVE_ALL)(keys=[held, self.free_key])
             conn.srem(self.owners_key, owner)
         return returned
 
@@ -429,7 +436,7 @@ def backoff_seconds(attempt: int) -> float:
 class Runner:
     """Works on one job inside one RQ job (a chunk) until its quota or the job runs out."""
 
-    def __init__(self, job: Job, kind: JobKind):
+    def __init__(self, job: Job, kind: JobKind, quota: int):
         self.job = job
         self.kind = kind
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -439,7 +446,7 @@ class Runner:
         self.threads = min(job.concurrency, settings.BATCH_MAX_THREADS)
         self.backlog: queue.Queue[tuple[int, str, int]] = queue.Queue()
         self.results: queue.Queue[Result] = queue.Queue()
-        self.quota = settings.BATCH_CHUNK_SIZE
+        self.quota = quota
         self.stopping = threading.Event()  # cancelled, or the job stopped by its error policy
         self.done = threading.Event()  # the main loop is leaving; threads exit when idle
         self.outstanding = 0  # claimed but not yet reported
@@ -833,8 +840,7 @@ FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[], %s::flo
             %s::text[], %s::timestamptz[], %s::timestamptz[])
     AS v(id, status, attempts, error_type, error_message, duration_ms, result,
          started_at, finished_at)
-WHERE item.id = ANY(%s::bigint[]) AND item.id = v.id
-    AND item.claimed_by = %s AND item.status = 'running'
+WHERE item.id = v.id AND item.claimed_by = %s AND item.status = 'running'
 RETURNING item.id
 """
 
@@ -853,6 +859,10 @@ def claim_items(job_id: int, token: str, limit: int, lease: float) -> list[tuple
     if connection.vendor == "postgresql":
         rows = []
         with transaction.atomic(), connection.cursor() as cursor:
+            # A job's new items have no statistics yet; the planner then expects a handful
+            # and sorts every pending item of the job to take the first few. Without bitmap
+            # scans it walks jobitem_pending_idx in order and stops at LIMIT.
+            cursor.execute("SET LOCAL enable_bitmapscan = off")
             for condition in CLAIM_CONDITIONS:
                 sql = CLAIM_SQL.format(table=JobItem._meta.db_table, condition=condition)
                 params = [now] if "%s" in condition else []
@@ -896,9 +906,8 @@ def write_results(results: list[Result], token: str) -> set[int]:
             [r.finished_at for r in results],
         ]
         with connection.cursor() as cursor:
-            # The ids twice: `id = ANY(...)` steers the planner to the primary key.
             sql = WRITE_SQL.format(table=JobItem._meta.db_table)
-            cursor.execute(sql, [*columns, columns[0], token])
+            cursor.execute(sql, [*columns, token])
             return {row[0] for row in cursor.fetchall()}
     by_id = {r.item_id: r for r in results}
     mine = list(
@@ -953,8 +962,8 @@ def stop_reason(job: Job) -> str:
     return ""
 
 
-def run_chunk(job_id: int) -> None:
-    """Work on a job for one chunk (the body of the RQ job `project.jobs.run_chunk`)."""
+def run_chunk(job_id: int, quota: int | None = None) -> None:
+    """Work on up to `quota` items of a job (the body of the RQ job `project.jobs.run_chunk`)."""
     close_old_connections()
     try:
         job = Job.objects.get(pk=job_id)
@@ -968,7 +977,7 @@ def run_chunk(job_id: int) -> None:
         )
         job.refresh_from_db()
     try:
-        Runner(job, get_kind(job.kind)).run()
+        Runner(job, get_kind(job.kind), quota or settings.BATCH_CHUNK_SIZE).run()
     finally:
         close_old_connections()
 

@@ -79,8 +79,8 @@ class SleepKind(JobKind):
         return Outcome(summary=f"slept {params.get('latency_ms', 0)} ms")
 
 
-def run_chunk(job_id: int) -> None:
+def run_chunk(job_id: int, quota: int | None = None) -> None:
     """RQ job: work on one chunk of a job's items (see project/engine.py)."""
     from project import engine
 
-    engine.run_chunk(job_id)
+    engine.run_chunk(job_id, quota)

@@ -172,7 +172,10 @@ DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", "outreach@example.com")
 
 # The batch engine (project/engine.py).
 BATCH_QUEUE = env("BATCH_QUEUE", "default")
-BATCH_CHUNK_SIZE = env_int("BATCH_CHUNK_SIZE", 500)  # items one RQ job claims at most
+# A job is split into at most BATCH_MAX_CHUNKS RQ jobs (so that many workers can share it) of
+# at least BATCH_CHUNK_SIZE items (so fast items don't pay for many chunk starts).
+BATCH_CHUNK_SIZE = env_int("BATCH_CHUNK_SIZE", 500)
+BATCH_MAX_CHUNKS = env_int("BATCH_MAX_CHUNKS", 16)
 BATCH_MAX_THREADS = env_int("BATCH_MAX_THREADS", 64)  # threads one worker gives one job
 BATCH_LEASE_SECONDS = env_float("BATCH_LEASE_SECONDS", 30)  # a dead worker's items return after
 BATCH_SWEEP_SECONDS = env_float("BATCH_SWEEP_SECONDS", 5)
