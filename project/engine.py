@@ -287,6 +287,21 @@ def live_figures(job: Job) -> LiveFigures:
 # -- The global concurrency limit ------------------------------------------------------------
 
 
+def fair_share(limit: int, demand: int, others: list[int]) -> int:
+    """This runner's max-min fair share of `limit` slots, given every runner's demand.
+
+    Runners that need less than an equal split keep what they need, and the rest is split
+    among the others; so a runner finishing its chunk frees its slots for the rest at once.
+    """
+    remaining, demands = limit, sorted([*others, demand])
+    for i, want in enumerate(demands):
+        share = math.ceil(remaining / (len(demands) - i))
+        if want == demand:
+            return max(1, min(demand, share)) if demand else 0
+        remaining -= min(want, share)
+    return 0
+
+
 # Move every element of list KEYS[1] to list KEYS[2]; return how many (one round trip).
 MOVE_ALL = """
 local moved = 0
@@ -328,16 +343,18 @@ class Slots:
             pipe.expire(self.free_key, KEY_TTL)
             pipe.execute()
 
-    def register(self, lease: float, demand: int, in_use: int) -> int:
-        """Say this runner is alive, how many slots it could use and uses; return its fair share."""
+    def register(self, lease: float, demand: int, in_use: int) -> list[int]:
+        """Say this runner is alive, how many slots it could use and uses; return the others'."""
         conn = get_redis()
         pipe = conn.pipeline()
         pipe.sadd(self.owners_key, self.owner)
         pipe.expire(self.owners_key, KEY_TTL)
         pipe.set(self.alive_key, f"{demand},{in_use}", ex=max(1, math.ceil(lease)))
         pipe.execute()
-        wanting = sum(1 for demand, _ in self.runners() if demand > 0)
-        return math.ceil(self.limit / max(1, wanting))
+        others = [d for d, _ in self.runners()]
+        if demand in others:
+            others.remove(demand)  # this runner's own entry (any one with the same demand)
+        return others
 
     def runners(self) -> list[tuple[int, int]]:
         """(demand, in use) of each live runner, as each last said (at most 0.5 s ago)."""
@@ -455,7 +472,7 @@ class Runner:
         # The local pool of slots: `held` tokens taken from Redis, `in_use` by threads now.
         self.slot_lock = threading.Condition()
         self.held = self.in_use = self.waiting = 0
-        self.fair_share = job.concurrency
+        self.other_demands: list[int] = []  # as other runners of this job last published
 
     # The main thread: claim, flush, heartbeat.
 
@@ -467,25 +484,29 @@ class Runner:
         for thread in workers:
             thread.start()
         pending: list[Result] = []
-        next_flush = next_check = next_renew = next_balance = 0.0
+        next_flush = next_check = next_renew = next_balance = next_refresh = 0.0
         clean_exit = False
         try:
             while True:
                 now = time.monotonic()
+                if not self.claimed_all and not self.stopping.is_set():
+                    want = self.threads * self.batch_size * 2 - self.backlog.qsize()
+                    if want >= max(1, self.threads * self.batch_size // 2):
+                        self.claim(min(want, self.quota))
                 if now >= next_check:
                     self.check_stopping()
-                    self.balance_slots(refresh=True)
                     next_check = now + 0.5
+                # Runners learn each other's demand every 0.1 s, so slots freed by one that
+                # is finishing its chunk go to the others within about that long.
+                if now >= next_refresh:
+                    self.balance_slots(refresh=True)
+                    next_refresh = now + 0.1
                 elif now >= next_balance:
                     self.balance_slots(refresh=False)
                     next_balance = now + 0.02
                 if now >= next_renew:
                     self.renew()
                     next_renew = now + self.lease / 3
-                if not self.claimed_all and not self.stopping.is_set():
-                    want = self.threads * self.batch_size * 2 - self.backlog.qsize()
-                    if want >= max(1, self.threads * self.batch_size // 2):
-                        self.claim(min(want, self.quota))
                 try:
                     pending.append(self.results.get(timeout=0.05))
                     while len(pending) < 1000:
@@ -493,7 +514,10 @@ class Runner:
                 except queue.Empty:
                     pass
                 if pending and (
-                    len(pending) >= 200 or now >= next_flush or self.must_judge(pending)
+                    len(pending) >= 200
+                    or len(pending) == self.outstanding  # the last ones: finish without delay
+                    or now >= next_flush
+                    or self.must_judge(pending)
                 ):
                     self.flush(pending)
                     pending = []
@@ -666,11 +690,11 @@ class Runner:
         try:
             if refresh:
                 self.slots.ensure()
-                self.fair_share = self.slots.register(self.lease, demand, self.in_use)
+                self.other_demands = self.slots.register(self.lease, demand, self.in_use)
                 actual = self.slots.held()
                 with self.slot_lock:
                     self.held = min(self.held, actual)
-            target = min(self.fair_share, demand)
+            target = fair_share(self.job.concurrency, demand, self.other_demands)
             if self.held < target:
                 got = self.slots.take(target - self.held)
                 if got:

@@ -321,3 +321,18 @@ def test_retrying_a_job_without_failures_is_refused(transactional_db, redis_db):
 def test_an_error_message_with_a_nul_byte_is_stored_readably():
     result = engine.Runner.failure(1, ValueError("bad\x00byte"), 1, None, 0.0, None)
     assert result.error_message == "bad\\x00byte"
+
+
+@pytest.mark.parametrize(
+    ("demand", "others", "share"),
+    [
+        (50, [], 50),
+        (50, [50], 25),
+        (50, [5], 45),  # the other runner is finishing: take what it does not need
+        (5, [50], 5),
+        (30, [30, 30], 17),
+        (0, [50], 0),
+    ],
+)
+def test_slots_are_shared_max_min_fairly_among_runners(demand, others, share):
+    assert engine.fair_share(50, demand, others) == share
