@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from django.contrib.auth.models import Permission, User
 from django.db import connection
 
 from project.connections import get_redis
+from project.management.commands.run_workers import worker_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,19 +70,7 @@ def workers(transactional_db, redis_db):
     def start(count: int = 2, **env) -> list[subprocess.Popen]:
         procs = [
             subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "django",
-                    "rqworker",
-                    "--worker-class",
-                    "rq.worker.SimpleWorker",
-                    "--verbosity",
-                    "0",
-                    settings.BATCH_QUEUE,
-                ],
-                cwd=ROOT,
-                env=worker_env(**env),
+                worker_command([settings.BATCH_QUEUE]), cwd=ROOT, env=worker_env(**env)
             )
             for _ in range(count)
         ]

@@ -14,6 +14,23 @@ from django.db import close_old_connections
 from project import engine
 
 
+def worker_command(queues: list[str]) -> list[str]:
+    """The command line of one RQ worker process (also used by the tests)."""
+    # SimpleWorker runs each chunk in the worker process itself: no fork per chunk, and
+    # killing the worker kills its work (the engine's leases then hand the items on).
+    return [
+        sys.executable,
+        "-m",
+        "django",
+        "rqworker",
+        "--worker-class",
+        "rq.worker.SimpleWorker",
+        "--verbosity",
+        "0",
+        *queues,
+    ]
+
+
 class Supervisor:
     """Keeps N worker processes alive and sweeps every BATCH_SWEEP_SECONDS until stopped."""
 
@@ -24,20 +41,7 @@ class Supervisor:
         self.stopping = False
 
     def spawn(self) -> subprocess.Popen:
-        # SimpleWorker runs each chunk in the worker process itself: no fork per chunk, and
-        # killing the worker kills its work (the engine's leases then hand the items on).
-        command = [
-            sys.executable,
-            "-m",
-            "django",
-            "rqworker",
-            "--worker-class",
-            "rq.worker.SimpleWorker",
-            "--verbosity",
-            "0",
-            *settings.RQ_QUEUES,
-        ]
-        return subprocess.Popen(command)
+        return subprocess.Popen(worker_command(list(settings.RQ_QUEUES)))
 
     def stop(self, *_args) -> None:
         self.stopping = True
