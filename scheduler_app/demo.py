@@ -1,0 +1,75 @@
+"""Demo data: three organizations with ~1,500 varied contacts, and a first schedule run.
+
+Deterministic (random.Random(1)), so every fresh checkout shows the same dashboard. Called by
+`manage.py bootstrap` through SchedulerAppConfig.load_demo().
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import date, timedelta
+
+from django.db import transaction
+
+from project import engine
+from project.models import Job
+from scheduler_app.models import Contact, Organization
+
+ORGANIZATIONS = ("Sunrise Senior Benefits", "Lakeside Insurance Group", "Prairie Health Advisors")
+CONTACTS = 1500
+# Windowed, year-round and plain states, the worked examples' states over-represented.
+STATES = (
+    ["CA"] * 6 + ["NV"] * 3 + ["MO"] * 3 + ["IL"] * 3 + ["KY"] * 2 + ["NY"] * 2 + ["TX"] * 6
+    + ["FL"] * 6 + ["ID", "LA", "MD", "OK", "OR", "CT", "MA", "WA", "AZ", "GA", "OH", "PA", "NC"]
+)  # fmt: skip
+FIRST_NAMES = (
+    "Mary", "Patricia", "Linda", "Barbara", "Elizabeth", "Jennifer", "Maria", "Susan", "Margaret",
+    "Dorothy", "Helen", "Sandra", "Donna", "Carol", "Ruth", "James", "John", "Robert", "Michael",
+    "William", "David", "Richard", "Charles", "Joseph", "Thomas", "Daniel", "Paul", "George",
+)  # fmt: skip
+LAST_NAMES = (
+    "Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller", "Davis", "Rodriguez",
+    "Martinez", "Hernandez", "Lopez", "Gonzalez", "Wilson", "Anderson", "Taylor", "Moore",
+    "Jackson", "Martin", "Lee", "Perez", "Thompson", "White", "Harris", "Clark", "Nguyen", "O'Neil",
+)  # fmt: skip
+CARRIERS = ("Humana", "Aetna", "UnitedHealthcare", "Cigna", "Mutual of Omaha", "")
+PLANS = ("Medigap G", "Medigap N", "Medicare Advantage", "Part D", "")
+
+
+def make_contacts(organizations: list[Organization], count: int, rng: random.Random):
+    """Unsaved contacts: birth dates 1940-1959 (some Feb 29), effective dates 1995-2025."""
+    for n in range(count):
+        first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+        birth = date(1940, 1, 1) + timedelta(days=rng.randrange(20 * 365))
+        if rng.random() < 0.01:
+            birth = date(rng.choice((1944, 1948, 1952, 1956)), 2, 29)
+        effective = date(1995, 1, 1) + timedelta(days=rng.randrange(30 * 365))
+        yield Contact(
+            organization=organizations[n % len(organizations)],
+            external_id=f"D{n + 1:05d}",
+            first_name=first,
+            last_name=last,
+            email=f"{first}.{last}.{n + 1}@example.com".lower(),
+            phone=f"555-{rng.randrange(1000):03d}-{rng.randrange(10000):04d}",
+            state=rng.choice(STATES),
+            zip_code=f"{rng.randrange(10000, 99999)}",
+            birth_date=None if rng.random() < 0.05 else birth,
+            effective_date=None if rng.random() < 0.1 else effective,
+            carrier=rng.choice(CARRIERS),
+            plan_type=rng.choice(PLANS),
+        )
+
+
+def load_demo() -> str:
+    """Create the demo contacts unless there are contacts already; return one line saying what."""
+    if Contact.objects.exists():
+        return "scheduler: contacts already there"
+    rng = random.Random(1)
+    with transaction.atomic():
+        organizations = [Organization.objects.create(name=name) for name in ORGANIZATIONS]
+        Contact.objects.bulk_create(make_contacts(organizations, CONTACTS, rng), batch_size=1000)
+        job = engine.launch("schedule_emails", {}, source=Job.Source.SCHEDULE)
+    return (
+        f"scheduler: {len(organizations)} organizations, {CONTACTS:,} contacts; "
+        f"schedule_emails job #{job.pk} queued"
+    )

@@ -1,0 +1,141 @@
+"""Forms of the Medicare outreach: job parameters, contact filters, the CSV upload."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from django import forms
+from django.utils import timezone
+
+from scheduler_app import rules
+from scheduler_app.models import Organization
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # ~100,000 contact rows; bigger files go through the command
+
+
+def parse_id_list(text: str) -> list[int]:
+    """Comma- or space-separated ids -> sorted unique ints; ValidationError names a bad one."""
+    ids = set()
+    for part in text.replace(",", " ").split():
+        if not part.isdigit():
+            raise forms.ValidationError(f"{part!r} is not a contact id")
+        ids.add(int(part))
+    return sorted(ids)
+
+
+class OrganizationField(forms.ModelChoiceField):
+    """An organization chosen by name (the dashboard's select, or `--param organization=NAME`)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(
+            Organization.objects.all(),
+            to_field_name="name",
+            required=False,
+            empty_label="all organizations",
+            error_messages={"invalid_choice": "there is no organization named %(value)r"},
+            **kwargs,
+        )
+
+
+class ScheduleForm(forms.Form):
+    organization = OrganizationField(help_text="Only this organization's contacts.")
+    today = forms.DateField(
+        required=False,
+        label="Run date",
+        initial=timezone.localdate,
+        help_text="Emails are scheduled from this date for 365 days. Default: today.",
+    )
+    contact_ids = forms.CharField(
+        required=False,
+        label="Contact ids",
+        help_text="Only these contacts (comma-separated ids). Empty: all.",
+    )
+
+    def clean_organization(self) -> str:
+        organization = self.cleaned_data["organization"]
+        return organization.name if organization else ""
+
+    def clean_today(self) -> date:
+        return self.cleaned_data["today"] or timezone.localdate()
+
+    def clean_contact_ids(self) -> str:
+        ids = parse_id_list(self.cleaned_data["contact_ids"])
+        return ",".join(map(str, ids))
+
+
+class SendForm(forms.Form):
+    on_or_before = forms.DateField(
+        required=False,
+        label="Due on or before",
+        initial=timezone.localdate,
+        help_text="Send pending emails dated on or before this day. Default: today.",
+    )
+    organization = OrganizationField(help_text="Only this organization's emails.")
+
+    def clean_on_or_before(self) -> date:
+        return self.cleaned_data["on_or_before"] or timezone.localdate()
+
+    def clean_organization(self) -> str:
+        organization = self.cleaned_data["organization"]
+        return organization.name if organization else ""
+
+
+class ContactFilterForm(forms.Form):
+    """The contacts list's search and filters; an invalid choice is ignored, not reported."""
+
+    q = forms.CharField(required=False, label="Search", max_length=100)
+    organization = forms.ModelChoiceField(
+        Organization.objects.all(), required=False, empty_label="any organization"
+    )
+    state = forms.ChoiceField(required=False)
+
+    def __init__(self, data=None):
+        super().__init__(data)
+        self.fields["q"].widget.attrs.update(type="search", placeholder="Name or email")
+        self.fields["state"].choices = [("", "any state")] + [(s, s) for s in sorted(rules.STATES)]
+
+    def filter(self, contacts):
+        if not self.is_valid():
+            return contacts
+        data = self.cleaned_data
+        contacts = contacts.search(data["q"])
+        if data["organization"]:
+            contacts = contacts.filter(organization=data["organization"])
+        if data["state"]:
+            contacts = contacts.filter(state=data["state"])
+        return contacts
+
+
+class OverviewFilterForm(forms.Form):
+    """The schedule overview's organization filter."""
+
+    organization = forms.ModelChoiceField(
+        Organization.objects.all(), required=False, empty_label="all organizations"
+    )
+
+
+class ContactImportForm(forms.Form):
+    file = forms.FileField(label="CSV file", help_text="UTF-8 CSV with a header row.")
+    organization = forms.CharField(
+        required=False,
+        max_length=200,
+        help_text="Organization of every row; empty: the file's organization column.",
+    )
+
+    def clean_file(self):
+        """The upload as text: at most MAX_UPLOAD_BYTES, strictly UTF-8 (a BOM is fine)."""
+        upload = self.cleaned_data["file"]
+        if upload.size > MAX_UPLOAD_BYTES:
+            raise forms.ValidationError(
+                f"The file is {upload.size / 1024 / 1024:.1f} MB; "
+                f"the limit is {MAX_UPLOAD_BYTES // 1024 // 1024} MB."
+            )
+        data = upload.read()
+        try:
+            self.cleaned_data["text"] = data.decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise forms.ValidationError(
+                f"The file is not UTF-8 text (byte 0x{data[err.start]:02x} at position "
+                f'{err.start}). Save it as "CSV UTF-8" and upload it again.'
+            ) from None
+        return upload

@@ -1,0 +1,370 @@
+"""Job kinds of the Medicare outreach: schedule emails for contacts, send the ones that are due.
+
+`schedule_emails` is a batch kind: the rules compute >100k contacts/s, so the cost is the
+database, and a batch of 500 contacts takes a handful of queries (load the contacts, read
+their pending emails, delete the stale ones, insert the new ones) instead of thousands.
+
+AEP positions. A contact's AEP week depends on its position among the run's *eligible*
+contacts in ascending id, but batches run concurrently on several workers, so no batch can
+count the eligible contacts before it. Positions are therefore fixed at launch:
+`schedule_keys` makes one streaming pass over (id, state, birth_date, effective_date) in id
+order, counts eligible contacts as it goes, and writes each item key as
+"<contact id>:<position>". A batch reads its positions from its keys. A contact that is not
+eligible at launch gets the position the next eligible contact gets; it is only used if an
+edit made the contact eligible between launch and run. A retry of failed items keeps the
+positions of the original run.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import time
+from collections.abc import Iterable, Iterator
+from datetime import date, timedelta
+from functools import lru_cache
+
+import redis
+from django.core.mail import EmailMessage
+from django.db import connection, transaction
+from django.db.models import QuerySet
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+from project.kinds import Item, JobKind, Outcome, PermanentError, TransientError, register
+from project.models import Job
+from project.ratelimit import get_limiter
+from scheduler_app import rules
+from scheduler_app.forms import ScheduleForm, SendForm, parse_id_list
+from scheduler_app.models import Contact, ScheduledEmail
+
+INSERT_BATCH = 5000
+
+
+def horizon_end(today: date) -> date:
+    """The last day of the run's horizon (today .. today + 364, both inclusive)."""
+    return today + timedelta(days=rules.HORIZON_DAYS - 1)
+
+
+def schedule_keys(contacts: QuerySet[Contact], today: date) -> Iterator[str]:
+    """Item keys "<id>:<position>" of the contacts in ascending id (see the module docstring)."""
+    position = 0
+    rows = contacts.order_by("id").values_list("id", "state", "birth_date", "effective_date")
+    for contact_id, state, birth_date, effective_date in rows.iterator(chunk_size=5000):
+        yield f"{contact_id}:{position}"
+        try:
+            data = rules.parse_contact(state, birth_date, effective_date, today)
+        except rules.RuleError:
+            continue
+        if rules.is_eligible(data):
+            position += 1
+
+
+def contacts_of(params: dict) -> QuerySet[Contact]:
+    """The contacts a schedule run covers: all, one organization's, or the listed ids."""
+    contacts = Contact.objects.all()
+    if params.get("organization"):
+        contacts = contacts.filter(organization__name=params["organization"])
+    if params.get("contact_ids"):
+        contacts = contacts.filter(id__in=parse_id_list(params["contact_ids"]))
+    return contacts
+
+
+def empty_tallies() -> dict[str, int]:
+    return {"emails": 0} | dict.fromkeys(rules.EMAIL_TYPES, 0)
+
+
+@register
+class ScheduleEmailsKind(JobKind):
+    name = "schedule_emails"
+    label = "Schedule Medicare emails"
+    description = (
+        "Recompute every contact's emails for the next 365 days: pending ones are replaced, "
+        "sent ones are kept."
+    )
+    form_class = ScheduleForm
+    batch_size = 500
+    default_concurrency = 4
+
+    def item_keys(self, job: Job) -> Iterable[str]:
+        return schedule_keys(contacts_of(job.params), date.fromisoformat(job.params["today"]))
+
+    def run_batch(self, job: Job, items: list[Item]) -> dict[str, Outcome | Exception]:
+        """Schedule a batch of contacts: one query to read, then NewEmails.save() writes.
+
+        1. Load the contacts' rule fields in one query.
+        2. Compute each valid contact's emails; a contact with bad data fails alone and its
+           pending emails are left as they are.
+        3. Make the valid contacts' pending emails inside the horizon equal to the new
+           computation (NewEmails.save).
+        """
+        today = date.fromisoformat(job.params["today"])
+        keys, positions = {}, {}
+        for item in items:
+            contact_id, _, position = item.key.partition(":")
+            keys[int(contact_id)] = item.key
+            positions[int(contact_id)] = int(position or 0)
+        rows = Contact.objects.filter(id__in=keys).values_list(
+            "id", "state", "birth_date", "effective_date"
+        )
+        outcomes: dict[str, Outcome | Exception] = {}
+        valid_ids = []
+        new_emails = NewEmails()
+        begin = time.perf_counter()
+        for contact_id, state, birth_date, effective_date in rows:
+            key = keys[contact_id]
+            try:
+                data = rules.parse_contact(state, birth_date, effective_date, today)
+            except rules.RuleError as err:
+                outcomes[key] = PermanentError(str(err))
+                continue
+            valid_ids.append(contact_id)
+            tallies = empty_tallies()
+            if data.state in rules.YEAR_ROUND_STATES:
+                outcomes[key] = Outcome(
+                    "skipped", f"year-round state {data.state}: no emails", tallies
+                )
+                continue
+            emails = rules.compute_emails(data, today, positions[contact_id])
+            for email in emails:
+                tallies[email.type] += 1
+                new_emails.add(contact_id, email)
+            tallies["emails"] = len(emails)
+            if emails:
+                outcomes[key] = Outcome("succeeded", ", ".join(map(label, emails)), tallies)
+            else:
+                outcomes[key] = Outcome("skipped", "no emails in the horizon", tallies)
+        compute_s = time.perf_counter() - begin
+        for contact_id, key in keys.items():
+            if key not in outcomes:
+                outcomes[key] = Outcome("skipped", f"contact {contact_id} no longer exists")
+        begin = time.perf_counter()
+        new_emails.save(job.pk, valid_ids, today)
+        write_s = time.perf_counter() - begin
+        # Where the time goes, summed over the run into the job's tallies (benchmarks read it).
+        timing = next((o for o in outcomes.values() if isinstance(o, Outcome)), None)
+        if timing is not None:
+            timing.tallies = timing.tallies | {
+                "compute_ms": round(compute_s * 1000),
+                "write_ms": round(write_s * 1000),
+            }
+        return outcomes
+
+
+@lru_cache(maxsize=16384)
+def label(email: rules.Email) -> str:
+    """`aep 2025-08-18`, for an item's summary; rules.Email objects are shared, so is this."""
+    return f"{email.type} {email.date}"
+
+
+INSERT_SQL = """
+INSERT INTO {table} (contact_id, type, send_date, reason, job_id, status, error, created_at)
+SELECT c, t, d, r, %s, 'pending', '', %s
+FROM unnest(%s::bigint[], %s::text[], %s::date[], %s::text[]) AS e(c, t, d, r)
+ON CONFLICT (contact_id, type, send_date) DO NOTHING
+"""
+
+
+# Every email of the listed contacts, one index probe per contact. The contact is the only
+# condition, and OFFSET 0 keeps the subquery per contact: with stale statistics (a table just
+# filled by a first run), a plain `contact_id IN (...)` got a sequential scan of the table per
+# batch, and a status or date condition the partial index of all pending emails by date.
+EMAILS_OF_SQL = """
+SELECT e.id, e.contact_id, e.type, e.send_date, e.reason, e.status, e.claimed_at
+FROM unnest(%s::bigint[]) AS c(id)
+CROSS JOIN LATERAL (SELECT * FROM {table} AS e WHERE e.contact_id = c.id OFFSET 0) AS e
+"""
+
+
+def emails_of(contact_ids: list[int]) -> list[tuple]:
+    """(id, contact_id, type, send_date, reason, status, claimed_at) of the contacts' emails."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(EMAILS_OF_SQL.format(table=ScheduledEmail._meta.db_table), [contact_ids])
+            return cursor.fetchall()
+    return list(
+        ScheduledEmail.objects.filter(contact_id__in=contact_ids).values_list(
+            "id", "contact_id", "type", "send_date", "reason", "status", "claimed_at"
+        )
+    )
+
+
+class NewEmails:
+    """A batch's newly computed emails, and how they replace the contacts' pending ones.
+
+    A re-run computes mostly the emails that are already there, so rather than deleting and
+    re-inserting every row (which rewrote ~2 rows per contact and bloated the table), save()
+    compares: rows no longer computed go, new ones come, unchanged ones stay as they are
+    (with the job that first scheduled them).
+    """
+
+    def __init__(self) -> None:
+        self.emails: dict[tuple[int, str, date], str] = {}  # (contact, type, date) -> reason
+
+    def add(self, contact_id: int, email: rules.Email) -> None:
+        self.emails[contact_id, email.type, email.date] = email.reason
+
+    def save(self, job_id: int, contact_ids: list[int], today: date) -> None:
+        """Replace the contacts' pending emails inside the horizon with the new ones.
+
+        1. Read their pending emails inside the horizon.
+        2. Delete those not computed any more, unless claimed: send_due_emails is sending
+           a claimed one right now and will record how that ended.
+        3. Insert the new ones, ignoring any that exist already (sent, failed, claimed...):
+           the unique (contact, type, send_date) constraint keeps emails from duplicating.
+        4. Give unchanged emails whose reason changed the new reason and this job.
+        """
+        end = horizon_end(today)
+        with transaction.atomic():
+            if connection.vendor == "postgresql":
+                # Short queries: JIT compiling them (costed high on stale statistics) took
+                # 25 times longer than running them.
+                with connection.cursor() as cursor:
+                    cursor.execute("SET LOCAL jit = off")
+            existing = {
+                (contact_id, kind, day): (pk, reason, claimed_at)
+                for pk, contact_id, kind, day, reason, status, claimed_at in emails_of(contact_ids)
+                if status == ScheduledEmail.Status.PENDING and today <= day <= end
+            }
+            stale = [
+                pk
+                for key, (pk, _, claimed_at) in existing.items()
+                if key not in self.emails and claimed_at is None
+            ]
+            if stale:
+                # The conditions again: a sender may have claimed one since it was read.
+                ScheduledEmail.objects.pending().filter(
+                    id__in=stale, claimed_at__isnull=True
+                ).delete()
+            self.insert(job_id, [key for key in self.emails if key not in existing])
+            changed = [
+                ScheduledEmail(id=existing[key][0], reason=reason, job_id=job_id)
+                for key, reason in self.emails.items()
+                if key in existing and existing[key][1] != reason
+            ]
+            ScheduledEmail.objects.bulk_update(changed, ["reason", "job"])
+
+    def insert(self, job_id: int, keys: list[tuple[int, str, date]]) -> None:
+        """Insert new pending emails: one INSERT ... SELECT FROM unnest(arrays) on PostgreSQL.
+
+        Four array parameters instead of a model instance and eight parameters per email,
+        which made Django's bulk_create the slowest step of a run. Elsewhere (SQLite for
+        local runs) bulk_create.
+        """
+        if not keys:
+            return
+        if connection.vendor == "postgresql":
+            contact_ids, types, dates = (list(column) for column in zip(*keys, strict=True))
+            reasons = [self.emails[key] for key in keys]
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    INSERT_SQL.format(table=ScheduledEmail._meta.db_table),
+                    [job_id, timezone.now(), contact_ids, types, dates, reasons],
+                )
+            return
+        ScheduledEmail.objects.bulk_create(
+            [
+                ScheduledEmail(
+                    contact_id=c, type=t, send_date=d, reason=self.emails[c, t, d], job_id=job_id
+                )
+                for c, t, d in keys
+            ],
+            batch_size=INSERT_BATCH,
+            ignore_conflicts=True,
+        )
+
+
+# -- Sending ---------------------------------------------------------------------------------
+
+
+def render_email(email: ScheduledEmail) -> tuple[str, str]:
+    """(subject, body) from scheduler_app/emails/<type>.txt, whose first line is "Subject: ..."."""
+    contact = email.contact
+    # Names go on one line: a newline in one would end the subject line early.
+    text = render_to_string(
+        f"scheduler_app/emails/{email.type}.txt",
+        {
+            "contact": contact,
+            "first_name": " ".join(contact.first_name.split()) or "there",
+            "organization": " ".join(contact.organization.name.split()),
+            "email": email,
+        },
+    )
+    first, _, body = text.lstrip().partition("\n")
+    return " ".join(first.removeprefix("Subject:").split()), body.strip() + "\n"
+
+
+def is_transient_send(exc: Exception) -> bool:
+    """Whether a send failure may pass on a retry: lost connections, timeouts, 4xx replies.
+
+    Redis errors count too: the rate limiter lives there, and nothing was sent.
+    """
+    if isinstance(exc, redis.RedisError):
+        return True
+    if isinstance(exc, smtplib.SMTPServerDisconnected | smtplib.SMTPConnectError):
+        return True
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        codes = [code for code, _ in exc.recipients.values()]
+        return bool(codes) and all(400 <= code < 500 for code in codes)
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return 400 <= exc.smtp_code < 500
+    return isinstance(exc, TimeoutError | ConnectionError)
+
+
+@register
+class SendDueEmailsKind(JobKind):
+    name = "send_due_emails"
+    label = "Send due Medicare emails"
+    description = "Send every pending email dated on or before a day, each exactly once."
+    form_class = SendForm
+    limiter = "smtp"
+    default_concurrency = 10
+
+    def item_keys(self, job: Job) -> Iterable[str]:
+        emails = ScheduledEmail.objects.due(date.fromisoformat(job.params["on_or_before"]))
+        if job.params.get("organization"):
+            emails = emails.filter(contact__organization__name=job.params["organization"])
+        ids = emails.order_by("send_date", "id").values_list("id", flat=True)
+        return (str(pk) for pk in ids.iterator(chunk_size=5000))
+
+    def run_item(self, job: Job, item: Item) -> Outcome:
+        """Send one email at most once.
+
+        1. Claim it with a conditional UPDATE; if another sender holds it, or it is no longer
+           pending, skip it.
+        2. Wait for the shared SMTP rate limiter, render the template and send.
+        3. Mark it sent. A transient failure releases the claim for the engine's retry; a
+           permanent one marks the email failed with the error.
+        """
+        now = timezone.now()
+        claimed = ScheduledEmail.objects.filter(
+            pk=item.key, status=ScheduledEmail.Status.PENDING, claimed_at__isnull=True
+        ).update(claimed_at=now)
+        if not claimed:
+            return Outcome("skipped", "already claimed or no longer pending")
+        email = ScheduledEmail.objects.select_related("contact__organization").get(pk=item.key)
+        address = email.contact.email.strip()
+        if not address:
+            self.settle(email, ScheduledEmail.Status.SKIPPED, error="contact has no email address")
+            return Outcome("skipped", "contact has no email address")
+        try:
+            subject, body = render_email(email)
+            get_limiter("smtp").acquire()
+            # Reference: https://docs.djangoproject.com/en/6.1/topics/email/#emailmessage-objects
+            # The default mailer of settings.MAILERS (console locally, SMTP when EMAIL_HOST is set).
+            if not EmailMessage(subject, body, to=[address]).send():
+                raise PermanentError(f"the mailer accepted no message for {address!r}")
+        except Exception as exc:
+            error = str(exc) if isinstance(exc, PermanentError) else f"{type(exc).__name__}: {exc}"
+            if is_transient_send(exc):
+                # Nothing went out: give the email back so the retry (or a later run) sends it.
+                ScheduledEmail.objects.filter(pk=email.pk).update(claimed_at=None, error=error)
+                raise TransientError(error) from exc
+            self.settle(email, ScheduledEmail.Status.FAILED, error=error[:2000])
+            raise PermanentError(error) from exc
+        self.settle(email, ScheduledEmail.Status.SENT, sent_at=timezone.now())
+        return Outcome("succeeded", f"{email.type} to {address}", {"sent": 1, email.type: 1})
+
+    @staticmethod
+    def settle(email: ScheduledEmail, status: str, **fields) -> None:
+        """Record how the claimed email ended; the claim stays so nobody picks it up again."""
+        ScheduledEmail.objects.filter(pk=email.pk).update(status=status, **fields)

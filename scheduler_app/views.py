@@ -1,0 +1,290 @@
+"""Pages of the Medicare outreach: contacts, one contact's schedule, the overview, imports.
+
+Permissions: looking at contacts and the schedule needs scheduler_app.view_contact, importing
+needs scheduler_app.add_contact, launching a schedule run needs project.add_job. The contacts
+list's results are a partial (`#results`) that htmx swaps as the search and filters change.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import date, timedelta
+from itertools import islice
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required, permission_required
+from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
+from django.db.models import Count, Q
+from django.db.models.functions import TruncWeek
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+
+from project import engine
+from project.models import Job
+from scheduler_app import importer, rules
+from scheduler_app.forms import (
+    ContactFilterForm,
+    ContactImportForm,
+    OverviewFilterForm,
+    ScheduleForm,
+)
+from scheduler_app.jobs import horizon_end
+from scheduler_app.models import Contact, ContactImport, ScheduledEmail
+
+CONTACTS_PER_PAGE = 50
+ERRORS_SHOWN = 200
+OVERVIEW_WEEKS = 52
+TYPES = [ScheduledEmail.Type(t) for t in rules.EMAIL_TYPES]
+
+
+def _get_contact(contact_id: int) -> Contact:
+    """The contact, or 404. Anyone who may view contacts may view every contact."""
+    return get_object_or_404(Contact.objects.select_related("organization"), pk=contact_id)
+
+
+def _get_import(import_id: int) -> ContactImport:
+    """The import report, or 404. Anyone who may import may read every report."""
+    return get_object_or_404(ContactImport.objects.select_related("created_by"), pk=import_id)
+
+
+def _pct(days: float, span: int) -> str:
+    """A position on a strip of `span` days as a CSS percentage, formatted here (no locale)."""
+    return f"{100 * days / span:.3f}"
+
+
+# -- Contacts --------------------------------------------------------------------------------
+
+
+@login_required
+@permission_required("scheduler_app.view_contact", raise_exception=True)
+def contacts(request: HttpRequest) -> HttpResponse:
+    form = ContactFilterForm(request.GET)
+    found = form.filter(Contact.objects.select_related("organization"))
+    found = found.order_by("last_name", "first_name", "id")
+    page = Paginator(found, CONTACTS_PER_PAGE).get_page(request.GET.get("page"))
+    # The next pending email of the page's contacts only: one query, not one per row.
+    upcoming = (
+        ScheduledEmail.objects.pending()
+        .filter(contact__in=[c.pk for c in page])
+        .order_by("contact_id", "send_date", "type")
+        .distinct("contact_id")
+    )
+    next_email = {email.contact_id: email for email in upcoming}
+    for c in page:
+        c.next_email = next_email.get(c.pk)
+    template = "scheduler_app/contact_list.html"
+    if request.htmx and not request.htmx.history_restore_request:
+        template += "#results"
+    return render(request, template, {"form": form, "page": page})
+
+
+def _strip(contact: Contact, today: date, emails: list[ScheduledEmail]) -> dict:
+    """The 12-month strip from today: month ticks, blocked periods, email markers, in percent."""
+    last = horizon_end(today)
+    span = (last - today).days + 1
+    months = []
+    month = today.replace(day=1)
+    while month <= last:
+        start = max(month, today)
+        next_month = (month + timedelta(days=32)).replace(day=1)
+        # The month of today is labelled only when enough of it is left for its label.
+        if (next_month - start).days >= 15:
+            label = month.strftime("%b %Y")
+            months.append({"label": label, "left": _pct((start - today).days, span)})
+        month = next_month
+    strip = {"months": months, "periods": [], "markers": [], "error": "", "end": last}
+    try:
+        data = contact.rule_data(today)
+    except rules.RuleError as err:
+        strip["error"] = str(err)
+        return strip
+    strip["year_round"] = data.state in rules.YEAR_ROUND_STATES
+    for period in rules.blocked_periods(data, today):
+        start, end = max(period.start, today), min(period.end, last)
+        if start > end:
+            continue
+        strip["periods"].append(
+            {
+                "period": period,
+                "left": _pct((start - today).days, span),
+                "width": _pct((end - start).days + 1, span),
+            }
+        )
+    for email in emails:
+        if today <= email.send_date <= last:
+            left = _pct((email.send_date - today).days + 0.5, span)
+            strip["markers"].append({"email": email, "left": left})
+    return strip
+
+
+@login_required
+@permission_required("scheduler_app.view_contact", raise_exception=True)
+def contact(request: HttpRequest, contact_id: int) -> HttpResponse:
+    contact = _get_contact(contact_id)
+    today = timezone.localdate()
+    emails = list(contact.emails.select_related("job"))
+    upcoming = [e for e in emails if e.send_date >= today]
+    past = [e for e in reversed(emails) if e.send_date < today]
+    context = {
+        "contact": contact,
+        "today": today,
+        "upcoming": upcoming,
+        "past": past,
+        "strip": _strip(contact, today, upcoming),
+    }
+    return render(request, "scheduler_app/contact_detail.html", context)
+
+
+# -- Schedule --------------------------------------------------------------------------------
+
+
+def _week_chart(emails, first_week: date) -> dict:
+    """Stacked bars of emails per week by type: one query grouped by (week, type)."""
+    counts = {
+        (row["week"], row["type"]): row["n"]
+        for row in emails.annotate(week=TruncWeek("send_date"))
+        .values("week", "type")
+        .annotate(n=Count("id"))
+        .order_by()
+    }
+    weeks = [first_week + timedelta(weeks=i) for i in range(OVERVIEW_WEEKS)]
+    totals = [sum(counts.get((week, t), 0) for t in TYPES) for week in weeks]
+    tallest = max(totals, default=0) or 1
+    bars = []
+    for week, total in zip(weeks, totals, strict=True):
+        segments = [
+            {"type": t, "n": counts[week, t], "height": _pct(counts[week, t], tallest)}
+            for t in TYPES
+            if counts.get((week, t))
+        ]
+        new_month = week.day <= 7
+        bars.append({"week": week, "total": total, "segments": segments, "new_month": new_month})
+    return {"bars": bars, "tallest": max(totals, default=0)}
+
+
+@login_required
+@permission_required("scheduler_app.view_contact", raise_exception=True)
+def schedule_overview(request: HttpRequest) -> HttpResponse:
+    form = OverviewFilterForm(request.GET)
+    today = timezone.localdate()
+    first_week = today - timedelta(days=today.weekday())  # TruncWeek's weeks start on Monday
+    emails = ScheduledEmail.objects.filter(
+        send_date__gte=first_week, send_date__lt=first_week + timedelta(weeks=OVERVIEW_WEEKS)
+    )
+    if form.is_valid() and form.cleaned_data["organization"]:
+        emails = emails.filter(contact__organization=form.cleaned_data["organization"])
+    by_type_status = {
+        (row["type"], row["status"]): row["n"]
+        for row in emails.values("type", "status").annotate(n=Count("id")).order_by()
+    }
+    statuses = ScheduledEmail.Status
+    totals = [
+        {
+            "type": t,
+            "counts": [by_type_status.get((t, s), 0) for s in statuses],
+            "total": sum(by_type_status.get((t, s), 0) for s in statuses),
+        }
+        for t in TYPES
+    ]
+    column_totals = [sum(by_type_status.get((t, s), 0) for t in TYPES) for s in statuses]
+    # Fallbacks (an AEP week taken because the assigned one was blocked) explain an uneven split.
+    aep_days = (
+        emails.filter(type=ScheduledEmail.Type.AEP)
+        .values("send_date")
+        .annotate(n=Count("id"), fallbacks=Count("id", filter=Q(reason__contains="fallback")))
+        .order_by("send_date")
+    )
+    context = {
+        "form": form,
+        "today": today,
+        "chart": _week_chart(emails, first_week),
+        "types": TYPES,
+        "statuses": list(statuses),
+        "totals": totals,
+        "column_totals": column_totals,
+        "grand_total": sum(column_totals),
+        "aep_days": aep_days,
+        "last_run": Job.objects.filter(kind="schedule_emails").first(),
+    }
+    template = "scheduler_app/schedule_overview.html"
+    if request.htmx and not request.htmx.history_restore_request:
+        template += "#overview"
+    return render(request, template, context)
+
+
+@login_required
+@permission_required("project.add_job", raise_exception=True)
+def schedule_launch(request: HttpRequest) -> HttpResponse:
+    form = ScheduleForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            job = engine.launch(
+                "schedule_emails",
+                form.cleaned_data,
+                source=Job.Source.DASHBOARD,
+                user=request.user,
+            )
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            messages.success(request, f"Scheduling emails for {job.total:,} contacts.")
+            return redirect("job", job.pk)
+    status = 400 if form.errors else 200
+    return render(request, "scheduler_app/schedule_launch.html", {"form": form}, status=status)
+
+
+# -- Imports ---------------------------------------------------------------------------------
+
+
+@login_required
+@permission_required("scheduler_app.add_contact", raise_exception=True)
+def contact_import_new(request: HttpRequest) -> HttpResponse:
+    form = ContactImportForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        organization = form.cleaned_data["organization"]
+        try:
+            report = importer.import_contacts(
+                io.StringIO(form.cleaned_data["text"], newline=""),
+                organization=organization or None,
+            )
+        except importer.HeaderError as err:
+            form.add_error("file", str(err))
+        else:
+            record = importer.save_report(
+                report,
+                filename=form.cleaned_data["file"].name,
+                organization=organization,
+                user=request.user,
+            )
+            messages.success(
+                request,
+                f"Imported {record.rows:,} rows: {record.created:,} created, "
+                f"{record.updated:,} updated, {record.failed:,} bad.",
+            )
+            return redirect(record)
+    context = {"form": form, "recent": ContactImport.objects.select_related("created_by")[:10]}
+    status = 400 if form.errors else 200
+    return render(request, "scheduler_app/contact_import_new.html", context, status=status)
+
+
+@login_required
+@permission_required("scheduler_app.add_contact", raise_exception=True)
+def contact_import(request: HttpRequest, import_id: int) -> HttpResponse:
+    record = _get_import(import_id)
+    rows = csv.DictReader(io.StringIO(record.errors_csv))
+    errors = list(islice(rows, ERRORS_SHOWN))
+    listed = len(errors) + sum(1 for _ in rows)
+    context = {"record": record, "errors": errors, "listed": listed, "shown": len(errors)}
+    return render(request, "scheduler_app/contact_import.html", context)
+
+
+@login_required
+@permission_required("scheduler_app.add_contact", raise_exception=True)
+def contact_import_errors(request: HttpRequest, import_id: int) -> HttpResponse:
+    record = _get_import(import_id)
+    response = HttpResponse(record.errors_csv, content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="import-{record.pk}-report.csv"'
+    return response
