@@ -582,7 +582,9 @@ class Runner:
     def flush(self, results: list[Result]) -> None:
         """Record results and bump the job's counters in one transaction."""
         with transaction.atomic():
-            job = Job.objects.select_for_update().get(pk=self.job.pk)
+            # no_key: other workers' inserts that reference the job (their foreign-key check)
+            # need not wait for this lock.
+            job = Job.objects.select_for_update(no_key=True).get(pk=self.job.pk)
             written = write_results(results, self.token)
             kept = [r for r in results if r.item_id in written]
             self.count(job, kept)
