@@ -122,11 +122,13 @@ class JobKind:
 
     def run_item(self, job: Job, item: Item) -> Outcome | str | None:
         """Do one item; return its outcome (a str is a summary), raise to fail it."""
-        raise NotImplementedError(f"{self.name} has no run_item")
+        # Item kinds override this; reaching it means the kind is misconfigured.
+        raise TypeError(f"job kind {self.name!r} runs items one by one but defines no run_item")
 
     def run_batch(self, job: Job, items: list[Item]) -> dict[str, Outcome | Exception]:
         """Do several items; map each key to its outcome or the exception that failed it."""
-        raise NotImplementedError(f"{self.name} has no run_batch")
+        # Batch kinds (batch_size > 0) override this.
+        raise TypeError(f"job kind {self.name!r} sets batch_size but defines no run_batch")
 
     def on_finished(self, job: Job) -> None:
         """Called once when the job is finalized."""
