@@ -3,7 +3,6 @@ PORT ?= 8000
 WORKERS ?= 2
 VENV := .venv
 PY := $(VENV)/bin/python
-export SECRET_KEY ?= $(shell test -f .secret_key || python3 -c 'import secrets; print(secrets.token_urlsafe(50))' > .secret_key; cat .secret_key)
 
 .PHONY: run test worker setup lint format bench clean
 

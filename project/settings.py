@@ -1,7 +1,9 @@
 """Settings for Batchboard, read from the environment.
 
-Defaults make `make run` and the tests work on a developer machine; production sets
-SECRET_KEY, DATABASE_URL, REDIS_URL and ALLOWED_HOSTS.
+Defaults make `make run` and the tests work on a developer machine. `DJANGO_ENV=production`
+turns the development conveniences off: settings then come from the environment only (no
+`.env`, no generated `.secret_key`), and SECRET_KEY, DATABASE_URL, REDIS_URL and
+ALLOWED_HOSTS must be set.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.csp import CSP
 
 from project import services
 
@@ -35,11 +38,23 @@ def env_float(name: str, default: float) -> float:
 
 
 TESTING = "pytest" in sys.modules
+PRODUCTION = env("DJANGO_ENV") == "production"
 
-SECRET_KEY = env("SECRET_KEY") or ("insecure-test-key" if TESTING else "")
+if not PRODUCTION:
+    # A developer's own settings, e.g. DATABASE_URL; the real environment wins over the file.
+    services.read_env_file(Path(env("ENV_FILE", str(BASE_DIR / ".env"))))
+
+SECRET_KEY = env("SECRET_KEY")
+if not SECRET_KEY and TESTING:
+    SECRET_KEY = "insecure-test-key"
+elif not SECRET_KEY and not PRODUCTION:
+    # Generated once, so every command of a local checkout works in any new shell.
+    SECRET_KEY = services.local_secret_key(
+        Path(env("SECRET_KEY_FILE", str(BASE_DIR / ".secret_key")))
+    )
 if not SECRET_KEY:
     raise ImproperlyConfigured(
-        "SECRET_KEY is not set. `make run` generates a local one; production must set it."
+        "SECRET_KEY is not set. With DJANGO_ENV=production it must come from the environment."
     )
 DEBUG = env_bool("DEBUG")
 ALLOWED_HOSTS = env("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",")
@@ -63,6 +78,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -134,6 +150,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
@@ -205,15 +223,39 @@ FRONT_BASE_URL = env("FRONT_BASE_URL", "https://api2.frontapp.com")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"quiet_403": {"()": "project.log.QuietPermissionDenied"}},
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "WARNING")},
-    "loggers": {"project": {"level": env("LOG_LEVEL", "INFO")}},
+    "loggers": {
+        "project": {"level": env("LOG_LEVEL", "INFO")},
+        "django.request": {"filters": ["quiet_403"]},
+    },
 }
 
-if not DEBUG:
-    SESSION_COOKIE_HTTPONLY = True
-    X_FRAME_OPTIONS = "DENY"
-    SECURE_CONTENT_TYPE_NOSNIFF = True
-    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT")
-    SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES")
-    CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES")
+# Content-Security-Policy: scripts and styles from this site only. Style *attributes* stay
+# allowed: progress bars and the schedule strips are positioned with them.
+SECURE_CSP = {
+    "default-src": [CSP.SELF],
+    "script-src": [CSP.SELF],
+    "style-src": [CSP.SELF],
+    "style-src-attr": [CSP.UNSAFE_INLINE],
+    "img-src": [CSP.SELF, "data:"],
+    "object-src": [CSP.NONE],
+    "base-uri": [CSP.SELF],
+    "form-action": [CSP.SELF],
+    "frame-ancestors": [CSP.NONE],
+}
+
+# HTTPS=1: the site is served over HTTPS, directly or behind a proxy that terminates TLS.
+# Cookies are then sent over HTTPS only, browsers are told to use HTTPS (HSTS), and plain
+# HTTP is redirected, except /healthz, which load balancers probe over HTTP.
+HTTPS = env_bool("HTTPS")
+if HTTPS:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("HSTS_SECONDS", 365 * 24 * 3600)
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+if env_bool("BEHIND_PROXY"):
+    # Only behind a proxy that sets X-Forwarded-Proto itself: clients could forge it otherwise.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
