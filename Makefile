@@ -4,7 +4,7 @@ WORKERS ?= 2
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test worker setup lint format bench clean
+.PHONY: run test worker web setup lint format bench clean
 
 $(VENV)/.installed: requirements.txt
 	@test -x $(PY) || { PYBIN=$$(scripts/find-python) && echo "Creating $(VENV) with $$PYBIN" && "$$PYBIN" -m venv $(VENV); }
@@ -20,6 +20,12 @@ run: setup
 
 worker: $(VENV)/.installed
 	$(PY) manage.py run_workers --workers $(WORKERS)
+
+# The production web server (README, "Production"): gunicorn on 0.0.0.0:PORT.
+WEB_CONCURRENCY ?= 4
+web: $(VENV)/.installed
+	$(VENV)/bin/gunicorn project.wsgi --bind 0.0.0.0:$(PORT) --workers $(WEB_CONCURRENCY) \
+		--timeout 30 --access-logfile - --forwarded-allow-ips "$${FORWARDED_ALLOW_IPS:-127.0.0.1}"
 
 test: setup
 	@scripts/ensure-chromium

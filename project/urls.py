@@ -8,6 +8,7 @@ from project import views
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("healthz", views.healthz, name="healthz"),
     path("jobs/", views.job_list, name="job_list"),
     path("jobs/launch/<str:kind>/", views.launch, name="launch"),
     path("jobs/<int:job_id>/", views.job_detail, name="job"),

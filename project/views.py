@@ -7,14 +7,19 @@ htmx request gets `template#partial`, anything else the whole page. Polled parti
 
 from __future__ import annotations
 
+import logging
+
+import redis
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.db import DatabaseError, connection
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
-from django.views.decorators.http import require_POST
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import (
     HttpResponseClientRedirect,
     HttpResponseStopPolling,
@@ -22,9 +27,12 @@ from django_htmx.http import (
 )
 
 from project import engine
+from project.connections import get_redis
 from project.forms import JobFilterForm, LaunchForm
 from project.kinds import JobKind, all_kinds, get_kind
 from project.models import Job, JobItem
+
+log = logging.getLogger(__name__)
 
 RECENT_JOBS = 20
 JOBS_PER_PAGE = 50
@@ -248,3 +256,31 @@ def retry(request: HttpRequest, job_id: int) -> HttpResponse:
         request, f"Retrying the {child.total:,} failed items of job #{job.pk} as job #{child.pk}."
     )
     return _redirect(request, child.get_absolute_url())
+
+
+# -- Health ----------------------------------------------------------------------------------
+
+
+@never_cache
+@require_GET
+def healthz(request: HttpRequest) -> HttpResponse:
+    """For load balancers and uptime checks: 200 when PostgreSQL and Redis answer, else 503.
+
+    No login: it says only whether each service answers; the reason goes to the log.
+    """
+    checks = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        checks["database"] = "ok"
+    except DatabaseError:
+        log.exception("healthz: the database does not answer")
+        checks["database"] = "unavailable"
+    try:
+        get_redis().ping()
+        checks["redis"] = "ok"
+    except redis.RedisError:
+        log.exception("healthz: Redis does not answer")
+        checks["redis"] = "unavailable"
+    healthy = all(value == "ok" for value in checks.values())
+    return JsonResponse(checks, status=200 if healthy else 503)
