@@ -15,6 +15,8 @@ $(VENV)/.installed: requirements.txt
 setup: $(VENV)/.installed
 	$(PY) manage.py bootstrap
 
+# The local run is a development run: DEBUG on (so `bootstrap` makes the admin/admin superuser).
+run: export DEBUG ?= 1
 run: setup
 	$(PY) manage.py serve --port $(PORT) --workers $(WORKERS)
 

@@ -56,13 +56,21 @@ class Command(BaseCommand):
                 self.stdout.write(f"database {db['NAME']} exists")
 
     def create_superuser(self) -> None:
+        """Create the superuser; its admin/admin default only in DEBUG (`make run`)."""
         username = os.environ.get("DJANGO_SUPERUSER_USERNAME", DEFAULT_SUPERUSER[0])
-        password = os.environ.get("DJANGO_SUPERUSER_PASSWORD", DEFAULT_SUPERUSER[1])
+        password = os.environ.get("DJANGO_SUPERUSER_PASSWORD", "")
         email = os.environ.get("DJANGO_SUPERUSER_EMAIL", DEFAULT_SUPERUSER[2])
         User = get_user_model()
         if User.objects.filter(username=username).exists():
             self.stdout.write(f"superuser {username} exists")
             return
+        if not password and not settings.DEBUG:
+            self.stdout.write(
+                f"superuser {username} not created: DEBUG is off and DJANGO_SUPERUSER_PASSWORD "
+                "is unset (set it, or run `manage.py createsuperuser`)"
+            )
+            return
+        password = password or DEFAULT_SUPERUSER[1]
         User.objects.create_superuser(username=username, email=email, password=password)
         self.stdout.write(f"superuser {username} created")
 
