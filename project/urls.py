@@ -16,7 +16,7 @@ urlpatterns = [
     path("jobs/<int:job_id>/items/", views.job_items, name="job_items"),
     path("jobs/<int:job_id>/cancel/", views.cancel, name="job_cancel"),
     path("jobs/<int:job_id>/retry/", views.retry, name="job_retry"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("login/", views.login, name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("", include("scheduler_app.urls")),

@@ -7,11 +7,15 @@ htmx request gets `template#partial`, anything else the whole page. Polled parti
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import redis
+from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required, permission_required
+from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db import DatabaseError, connection
@@ -85,6 +89,54 @@ def _render_polled(request: HttpRequest, template: str, context: dict, *, done: 
     """Render a polled partial; once `done`, answer 286 so htmx stops polling after the swap."""
     html = render_to_string(template, context, request)
     return HttpResponseStopPolling(html) if done else HttpResponse(html)
+
+
+# -- Login -----------------------------------------------------------------------------------
+
+
+def _login_failures_key(username: str) -> str:
+    # Hashed: any string may be typed as a username, and Redis keys should stay short.
+    digest = hashlib.sha256(username.strip().lower().encode()).hexdigest()[:32]
+    return f"login-failures:{digest}"
+
+
+def _login_failures(username: str) -> int:
+    try:
+        return int(get_redis().get(_login_failures_key(username)) or 0)
+    except redis.RedisError:
+        log.warning("login throttle: Redis does not answer; not counting failures")
+        return 0
+
+
+def _count_login_failure(username: str) -> None:
+    key = _login_failures_key(username)
+    try:
+        with get_redis().pipeline() as pipe:
+            pipe.incr(key).expire(key, settings.LOGIN_LOCKOUT_SECONDS, nx=True).execute()
+    except redis.RedisError:
+        log.warning("login throttle: Redis does not answer; not counting failures")
+
+
+def login(request: HttpRequest) -> HttpResponse:
+    """Django's login view, refused for a while after too many failed attempts at a username.
+
+    Counted per username (not per address: behind a proxy every user shares one), in Redis so
+    every web process sees the same count; the count lapses LOGIN_LOCKOUT_SECONDS after the
+    first failure. While refused, the password is not even checked.
+    """
+    username = request.POST.get("username", "") if request.method == "POST" else ""
+    if username and _login_failures(username) >= settings.LOGIN_MAX_FAILURES:
+        form = AuthenticationForm(request, data=request.POST)
+        minutes = max(1, settings.LOGIN_LOCKOUT_SECONDS // 60)
+        form.add_error(
+            None, f"Too many failed logins for this username. Try again in {minutes} minutes."
+        )
+        context = {"form": form, "next": request.POST.get("next", "")}
+        return render(request, "registration/login.html", context, status=429)
+    response = auth_views.LoginView.as_view()(request)
+    if username and request.method == "POST" and response.status_code == 200:
+        _count_login_failure(username)  # the form came back: wrong username or password
+    return response
 
 
 # -- Home ------------------------------------------------------------------------------------

@@ -564,3 +564,31 @@ def test_the_job_list_filters_by_kind_and_status_and_paginates(operator_client, 
     assert count == 50 and "Page 1 of 2" in text
     assert rows("?kind=sleep&page=2")[0] == 7
     assert rows("?status=not-a-status")[0] == 50
+
+
+# -- Login throttling ------------------------------------------------------------------------
+
+
+def test_logins_are_refused_after_five_failures_even_with_the_right_password(
+    client, operator, redis_db
+):
+    def log_in(password):
+        return client.post(reverse("login"), {"username": "olivia", "password": password})
+
+    failures = [log_in(f"guess-{n}").status_code for n in range(5)]
+    refused = log_in("pw-olivia")
+
+    assert failures == [200] * 5
+    assert refused.status_code == 429
+    assert "Too many failed logins" in refused.text
+    assert client.get(reverse("home")).status_code == 302  # not logged in
+
+
+def test_a_successful_login_before_the_limit_is_let_in(client, operator, redis_db):
+    for n in range(4):
+        client.post(reverse("login"), {"username": "olivia", "password": f"guess-{n}"})
+
+    response = client.post(reverse("login"), {"username": "olivia", "password": "pw-olivia"})
+
+    assert response.status_code == 302
+    assert client.get(reverse("home")).status_code == 200
