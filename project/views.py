@@ -16,9 +16,10 @@ from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required, permission_required
 from django.contrib.auth.forms import AuthenticationForm
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db import DatabaseError, connection
+from django.db.models import Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -38,6 +39,7 @@ from project.models import Job, JobItem
 
 log = logging.getLogger(__name__)
 
+DEFAULT_VIEW_PERMISSION = "project.view_job"
 RECENT_JOBS = 20
 JOBS_PER_PAGE = 50
 ITEMS_PER_PAGE = 50
@@ -60,9 +62,37 @@ class CountedPaginator(Paginator):
         return self.known_count
 
 
-def _get_job(job_id: int) -> Job:
-    """The job, or 404. Every logged-in user may look at every job."""
-    return get_object_or_404(Job.objects.select_related("started_by", "parent"), pk=job_id)
+def view_permission(kind_name: str) -> str:
+    """The permission that shows a user the jobs of a kind, their items and their results.
+
+    A kind names it in `view_permission` when its results show more than job figures (the
+    scheduler's show contacts' addresses); otherwise, and for kinds no longer registered,
+    it is project.view_job.
+    """
+    try:
+        kind = get_kind(kind_name)
+    except KeyError:
+        return DEFAULT_VIEW_PERMISSION
+    return getattr(kind, "view_permission", DEFAULT_VIEW_PERMISSION)
+
+
+def _visible(user, jobs: QuerySet[Job]) -> QuerySet[Job]:
+    """The jobs among `jobs` whose kind's permission the user has."""
+    if user.is_superuser:
+        return jobs
+    registered = [kind.name for kind in all_kinds()]
+    visible = Q(kind__in=[name for name in registered if user.has_perm(view_permission(name))])
+    if user.has_perm(DEFAULT_VIEW_PERMISSION):
+        visible |= ~Q(kind__in=registered)
+    return jobs.filter(visible)
+
+
+def _get_job(request: HttpRequest, job_id: int) -> Job:
+    """The job, or 404; 403 without the permission of the job's kind."""
+    job = get_object_or_404(Job.objects.select_related("started_by", "parent"), pk=job_id)
+    if not request.user.has_perm(view_permission(job.kind)):
+        raise PermissionDenied(f"Viewing {job.kind} jobs needs {view_permission(job.kind)}.")
+    return job
 
 
 def _get_kind(name: str) -> JobKind:
@@ -142,11 +172,9 @@ def login(request: HttpRequest) -> HttpResponse:
 # -- Home ------------------------------------------------------------------------------------
 
 
-def _jobs_context() -> dict:
-    return {
-        "active": list(Job.objects.active().select_related("started_by")),
-        "recent": list(Job.objects.select_related("started_by")[:RECENT_JOBS]),
-    }
+def _jobs_context(request: HttpRequest) -> dict:
+    jobs = _visible(request.user, Job.objects.select_related("started_by"))
+    return {"active": list(jobs.active()), "recent": list(jobs[:RECENT_JOBS])}
 
 
 def _render_home(request: HttpRequest, failed_form: LaunchForm | None = None, status=200):
@@ -156,15 +184,16 @@ def _render_home(request: HttpRequest, failed_form: LaunchForm | None = None, st
         launch_forms = [
             failed_form if failed_form and failed_form.kind is kind else LaunchForm(kind)
             for kind in all_kinds()
+            if request.user.has_perm(view_permission(kind.name))
         ]
-    context = {**_jobs_context(), "launch_forms": launch_forms}
+    context = {**_jobs_context(request), "launch_forms": launch_forms}
     return render(request, "project/home.html", context, status=status)
 
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
     if request.htmx:
-        context = _jobs_context()
+        context = _jobs_context(request)
         return _render_polled(
             request, "project/home.html#jobs", context, done=not context["active"]
         )
@@ -176,6 +205,8 @@ def home(request: HttpRequest) -> HttpResponse:
 @require_POST
 def launch(request: HttpRequest, kind: str) -> HttpResponse:
     job_kind = _get_kind(kind)
+    if not request.user.has_perm(view_permission(job_kind.name)):
+        raise PermissionDenied(f"Launching {kind} jobs needs {view_permission(kind)}.")
     form = LaunchForm(job_kind, request.POST)
     if form.is_valid():
         try:
@@ -200,7 +231,7 @@ def launch(request: HttpRequest, kind: str) -> HttpResponse:
 @login_required
 def job_list(request: HttpRequest) -> HttpResponse:
     form = JobFilterForm(request.GET)
-    jobs = form.filter(Job.objects.select_related("started_by"))
+    jobs = form.filter(_visible(request.user, Job.objects.select_related("started_by")))
     page = Paginator(jobs, JOBS_PER_PAGE).get_page(request.GET.get("page"))
     return render(request, "project/job_list.html", {"form": form, "page": page})
 
@@ -248,7 +279,7 @@ def _items_context(request: HttpRequest, job: Job) -> dict:
 
 @login_required
 def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
-    job = _get_job(job_id)
+    job = _get_job(request, job_id)
     context = {
         **_progress_context(job),
         **_items_context(request, job),
@@ -260,7 +291,7 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
 
 @login_required
 def job_progress(request: HttpRequest, job_id: int) -> HttpResponse:
-    job = _get_job(job_id)
+    job = _get_job(request, job_id)
     if not request.htmx:
         return redirect(job)
     context = _progress_context(job)
@@ -275,7 +306,7 @@ def job_progress(request: HttpRequest, job_id: int) -> HttpResponse:
 
 @login_required
 def job_items(request: HttpRequest, job_id: int) -> HttpResponse:
-    job = _get_job(job_id)
+    job = _get_job(request, job_id)
     if not request.htmx:
         return redirect(f"{job.get_absolute_url()}?{request.GET.urlencode()}#items")
     return render(request, "project/job_detail.html#items", _items_context(request, job))
@@ -285,7 +316,7 @@ def job_items(request: HttpRequest, job_id: int) -> HttpResponse:
 @permission_required("project.change_job", raise_exception=True)
 @require_POST
 def cancel(request: HttpRequest, job_id: int) -> HttpResponse:
-    job = _get_job(job_id)
+    job = _get_job(request, job_id)
     if engine.cancel(job):
         messages.success(
             request, f"Cancelling job #{job.pk}: waiting items are cancelled, running ones finish."
@@ -299,7 +330,7 @@ def cancel(request: HttpRequest, job_id: int) -> HttpResponse:
 @permission_required("project.add_job", raise_exception=True)
 @require_POST
 def retry(request: HttpRequest, job_id: int) -> HttpResponse:
-    job = _get_job(job_id)
+    job = _get_job(request, job_id)
     if not (job.is_finished and job.failed):
         messages.error(request, f"Job #{job.pk} has no failed items to retry (yet).")
         return _redirect(request, job.get_absolute_url())

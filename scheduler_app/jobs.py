@@ -82,6 +82,8 @@ class ScheduleEmailsKind(JobKind):
         "sent ones are kept."
     )
     form_class = ScheduleForm
+    # Items name contacts, and their results the emails scheduled for them.
+    view_permission = "scheduler_app.view_contact"
     batch_size = 500
     default_concurrency = 4
 
@@ -316,6 +318,8 @@ class SendDueEmailsKind(JobKind):
     label = "Send due Medicare emails"
     description = "Send every pending email dated on or before a day, each exactly once."
     form_class = SendForm
+    # Send results show contacts' email addresses.
+    view_permission = "scheduler_app.view_contact"
     limiter = "smtp"
     default_concurrency = 10
 

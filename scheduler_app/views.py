@@ -1,7 +1,8 @@
 """Pages of the Medicare outreach: contacts, one contact's schedule, the overview, imports.
 
 Permissions: looking at contacts and the schedule needs scheduler_app.view_contact, importing
-needs scheduler_app.add_contact, launching a schedule run needs project.add_job. The contacts
+needs scheduler_app.add_contact, launching a schedule run needs project.add_job and
+scheduler_app.view_contact (its job page shows contacts). The contacts
 list's results are a partial (`#results`) that htmx swaps as the search and filters change.
 """
 
@@ -216,7 +217,7 @@ def schedule_overview(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-@permission_required("project.add_job", raise_exception=True)
+@permission_required(["project.add_job", "scheduler_app.view_contact"], raise_exception=True)
 def schedule_launch(request: HttpRequest) -> HttpResponse:
     form = ScheduleForm(request.POST or None)
     if request.method == "POST" and form.is_valid():

@@ -81,6 +81,14 @@ def test_a_user_without_permissions_gets_403_on_every_page(client, viewer, acme)
     assert not Job.objects.exists()
 
 
+def test_launching_a_run_needs_the_permission_to_view_contacts(client, operator, acme):
+    client.force_login(operator)  # project.add_job only: the run's job page shows contacts
+
+    assert client.get(reverse("schedule_launch")).status_code == 403
+    assert client.post(reverse("schedule_launch"), {"today": "2025-03-01"}).status_code == 403
+    assert not Job.objects.exists()
+
+
 def test_viewing_contacts_does_not_allow_importing(client, viewer, acme):
     client.force_login(grant(viewer, "view_contact"))
     assert client.get(reverse("contacts")).status_code == 200
@@ -245,7 +253,7 @@ def test_the_overview_can_show_one_organization(client, staff, acme):
 
 
 def test_launching_a_run_from_the_schedule_page_redirects_to_its_job(client, operator, acme):
-    client.force_login(operator)  # project.add_job only
+    client.force_login(grant(operator, "view_contact"))  # project.add_job and view_contact
     make_contact(acme, "Ann")
     make_contact(Organization.objects.create(name="Other"), "Bob")
 

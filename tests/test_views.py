@@ -8,6 +8,7 @@ them along by updating rows.
 from __future__ import annotations
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.test import Client
@@ -111,13 +112,29 @@ def test_anonymous_users_are_sent_to_the_login_page(client, job, name, method, w
     else:
         url = reverse(name, args=[job.pk] if with_job else [])
 
-    response = getattr(client, method)(url, **HX)
+    response = getattr(client, method)(url)
+    from_htmx = getattr(client, method)(url, **HX)
 
     assert response.status_code == 302
     assert response["Location"].startswith(reverse("login") + "?next=")
+    # htmx gets a whole-page redirect, not a login page to swap into the region it polls.
+    assert from_htmx.status_code == 200
+    assert from_htmx["HX-Redirect"].startswith(reverse("login") + "?next=")
+    assert from_htmx.content == b""
     job.refresh_from_db()
     assert job.cancel_requested_at is None
     assert Job.objects.count() == 1
+
+
+def test_an_expired_session_sends_the_polling_page_to_the_login_page(client, job):
+    response = client.get(
+        reverse("job_progress", args=[job.pk]),
+        headers={"HX-Request": "true", "HX-Current-URL": f"http://testserver/jobs/{job.pk}/"},
+    )
+
+    assert response.status_code == 200
+    assert response["HX-Redirect"] == f"{reverse('login')}?next=/jobs/{job.pk}/"
+    assert "<form" not in response.text
 
 
 def test_the_login_page_logs_a_user_in_and_the_logout_button_logs_them_out(client, operator):
@@ -187,7 +204,8 @@ def test_a_viewer_without_permissions_gets_403_and_nothing_happens(
     assert running.cancelled == 0
 
 
-def test_a_viewer_may_look_but_sees_no_launch_form_and_no_cancel_button(viewer_client, job):
+def test_a_viewer_may_look_but_sees_no_launch_form_and_no_cancel_button(viewer_client, viewer, job):
+    viewer.user_permissions.add(Permission.objects.get(codename="view_job"))
     update(job, status=Job.Status.RUNNING)
 
     home = viewer_client.get(reverse("home"))
@@ -198,6 +216,49 @@ def test_a_viewer_may_look_but_sees_no_launch_form_and_no_cancel_button(viewer_c
     assert "Launch a job" not in home.text
     assert page.status_code == 200
     assert "Cancel job" not in page.text
+
+
+def test_job_pages_need_the_permission_of_the_job_s_kind(client, viewer, operator):
+    sleep = launch_sleep(operator)
+    send = engine.launch("send_due_emails", {"on_or_before": "2030-01-01"}, user=operator)
+    client.force_login(viewer)
+
+    def statuses(job):
+        urls = [
+            job.get_absolute_url(),
+            reverse("job_progress", args=[job.pk]),
+            reverse("job_items", args=[job.pk]),
+        ]
+        return [client.get(url, **HX).status_code for url in urls]
+
+    def listed():
+        text = client.get(reverse("job_list")).text + client.get(reverse("home")).text
+        return {job.pk for job in (sleep, send) if f'href="{job.get_absolute_url()}"' in text}
+
+    assert statuses(sleep) == statuses(send) == [403, 403, 403]
+    assert listed() == set()
+
+    viewer.user_permissions.add(Permission.objects.get(codename="view_job"))
+    assert statuses(sleep) == [200, 200, 200]
+    assert statuses(send) == [403, 403, 403]  # send results show contacts' addresses
+    assert listed() == {sleep.pk}
+
+    viewer.user_permissions.add(Permission.objects.get(codename="view_contact"))
+    assert statuses(send) == [200, 200, 200]
+    assert listed() == {sleep.pk, send.pk}
+
+
+def test_an_operator_without_view_contact_cannot_launch_scheduler_jobs(operator_client):
+    home = operator_client.get(reverse("home")).text
+    response = operator_client.post(
+        reverse("launch", args=["send_due_emails"]),
+        {"send_due_emails-on_or_before": "2030-01-01", "send_due_emails-run-concurrency": "2"},
+    )
+
+    assert 'name="sleep-items"' in home
+    assert "send_due_emails-on_or_before" not in home
+    assert response.status_code == 403
+    assert not Job.objects.exists()
 
 
 # -- Home and launching ----------------------------------------------------------------------
