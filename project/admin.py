@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.core.exceptions import BadRequest, ValidationError
+from django.db import DataError, transaction
 from django.urls import reverse
 from django.utils.html import format_html
 
@@ -10,8 +12,24 @@ from project import engine
 from project.models import Job, JobItem
 
 
+class ModelAdmin(admin.ModelAdmin):
+    """The project's ModelAdmin: a filter value the database refuses is a 400, not a 500.
+
+    Admin list URLs take any value for a filtered field; PostgreSQL refuses a NUL in text
+    (DataError) and Python a date hierarchy year past 9999 (OverflowError).
+    """
+
+    def get_changelist_instance(self, request):
+        try:
+            # A savepoint, so a refused query leaves the request's transaction usable.
+            with transaction.atomic():
+                return super().get_changelist_instance(request)
+        except (DataError, OverflowError) as exc:
+            raise BadRequest(f"Bad filter value: {exc}") from None
+
+
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(ModelAdmin):
     list_display = [
         "id",
         "kind",
@@ -131,11 +149,19 @@ class JobAdmin(admin.ModelAdmin):
     @admin.action(description="Retry failed items of selected jobs", permissions=["retry"])
     def retry_failed_items(self, request, queryset) -> None:
         jobs = list(queryset)
-        retried = [
-            engine.retry_failed(job, user=request.user, source=Job.Source.ADMIN)
-            for job in jobs
-            if job.is_finished and job.failed
-        ]
+        retried = []
+        for job in jobs:
+            if not (job.is_finished and job.failed):
+                continue
+            try:
+                retried.append(engine.retry_failed(job, user=request.user, source=Job.Source.ADMIN))
+            except ValidationError as exc:
+                # E.g. its organization was renamed: the parameters no longer validate.
+                self.message_user(
+                    request,
+                    f"Job #{job.pk} cannot be retried: {' '.join(exc.messages)}",
+                    messages.ERROR,
+                )
         if retried:
             self.message_user(
                 request,
@@ -147,13 +173,14 @@ class JobAdmin(admin.ModelAdmin):
         if len(retried) < len(jobs):
             self.message_user(
                 request,
-                f"{len(jobs) - len(retried)} jobs were skipped: still running, or no failed items.",
+                f"{len(jobs) - len(retried)} jobs were skipped: still running, no failed items, "
+                "or parameters that no longer validate.",
                 messages.WARNING,
             )
 
 
 @admin.register(JobItem)
-class JobItemAdmin(admin.ModelAdmin):
+class JobItemAdmin(ModelAdmin):
     """Read-only: items change only through the engine, which keeps the job's counters."""
 
     list_display = ["job", "key", "status", "attempts", "error_type", "duration_ms", "finished_at"]

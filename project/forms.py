@@ -9,6 +9,9 @@ from django.core.exceptions import NON_FIELD_ERRORS
 from project.kinds import JobKind, all_kinds
 from project.models import Job
 
+# The largest value Job.stop_after_consecutive (a PostgreSQL integer) holds.
+MAX_STOP_AFTER = 2**31 - 1
+
 
 class LaunchForm(forms.Form):
     """How to run one kind of job: the kind's own parameters plus concurrency and error policy.
@@ -21,6 +24,7 @@ class LaunchForm(forms.Form):
     stop_after_consecutive = forms.IntegerField(
         label="Stop after consecutive failures",
         min_value=1,
+        max_value=MAX_STOP_AFTER,
         required=False,
         help_text="Stop the job after this many failures in a row. Empty: never.",
     )

@@ -334,7 +334,12 @@ def retry(request: HttpRequest, job_id: int) -> HttpResponse:
     if not (job.is_finished and job.failed):
         messages.error(request, f"Job #{job.pk} has no failed items to retry (yet).")
         return _redirect(request, job.get_absolute_url())
-    child = engine.retry_failed(job, user=request.user, source=Job.Source.DASHBOARD)
+    try:
+        child = engine.retry_failed(job, user=request.user, source=Job.Source.DASHBOARD)
+    except ValidationError as exc:
+        # E.g. the organization it ran for was renamed: its parameters no longer validate.
+        messages.error(request, f"Job #{job.pk} cannot be retried: {' '.join(exc.messages)}")
+        return _redirect(request, job.get_absolute_url())
     messages.success(
         request, f"Retrying the {child.total:,} failed items of job #{job.pk} as job #{child.pk}."
     )

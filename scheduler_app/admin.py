@@ -6,13 +6,14 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from project import engine
+from project.admin import ModelAdmin
 from project.models import Job
 from scheduler_app.jobs import schedule_keys
 from scheduler_app.models import Contact, ContactImport, Organization, ScheduledEmail
 
 
 @admin.register(Organization)
-class OrganizationAdmin(admin.ModelAdmin):
+class OrganizationAdmin(ModelAdmin):
     list_display = ["name", "contacts_count", "created_at"]
     search_fields = ["name"]
 
@@ -25,7 +26,7 @@ class OrganizationAdmin(admin.ModelAdmin):
 
 
 @admin.register(Contact)
-class ContactAdmin(admin.ModelAdmin):
+class ContactAdmin(ModelAdmin):
     list_display = [
         "__str__",
         "email",
@@ -68,7 +69,7 @@ class ContactAdmin(admin.ModelAdmin):
 
 
 @admin.register(ScheduledEmail)
-class ScheduledEmailAdmin(admin.ModelAdmin):
+class ScheduledEmailAdmin(ModelAdmin):
     list_display = ["contact", "type", "send_date", "status", "job"]
     list_filter = ["type", "status", "send_date"]
     list_select_related = ["contact", "job"]
@@ -79,7 +80,7 @@ class ScheduledEmailAdmin(admin.ModelAdmin):
 
 
 @admin.register(ContactImport)
-class ContactImportAdmin(admin.ModelAdmin):
+class ContactImportAdmin(ModelAdmin):
     """Import reports are records of what happened: read-only."""
 
     list_display = ["__str__", "organization", "rows", "created", "updated", "failed", "created_by"]

@@ -13,12 +13,19 @@ from scheduler_app.models import Organization
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # ~100,000 contact rows; bigger files go through the command
 
 
+MAX_ID = 2**63 - 1  # PostgreSQL bigint
+
+
 def parse_id_list(text: str) -> list[int]:
-    """Comma- or space-separated ids -> sorted unique ints; ValidationError names a bad one."""
+    """Comma- or space-separated ids -> sorted unique ints; ValidationError names a bad one.
+
+    Only ASCII digits: str.isdigit() also takes "²", which int() refuses.
+    """
     ids = set()
     for part in text.replace(",", " ").split():
-        if not part.isdigit():
-            raise forms.ValidationError(f"{part!r} is not a contact id")
+        if not (part.isascii() and part.isdigit() and len(part) <= 19 and int(part) <= MAX_ID):
+            shown = part if len(part) <= 30 else part[:27] + "..."
+            raise forms.ValidationError(f"{shown!r} is not a contact id")
         ids.add(int(part))
     return sorted(ids)
 

@@ -32,12 +32,16 @@ def run_job(*args: str, **env) -> subprocess.CompletedProcess:
         (["sleep", "--param", "items=ten"], "items: Enter a whole number."),
         (["sleep", "--param", "items=10", "--concurrency", "0"], "concurrency must be between"),
         (["sleep", "--concurrency", "many"], "invalid int value: 'many'"),
+        (["sleep", "--stop-after-consecutive", "-5"], "must be from 1 to 2147483647, not -5"),
+        (["sleep", "--stop-after-consecutive", "99999999999"], "must be from 1 to 2147483647"),
+        (["sleep", "--stop-after-consecutive", "9" * 5000], "invalid int value: '999"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_clear_message(transactional_db, args, message):
     result = run_job(*args)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
+    assert "Traceback" not in result.stderr
     assert not Job.objects.exists()
 
 

@@ -380,3 +380,22 @@ def test_the_admin_lists_search_and_keeps_import_reports_read_only(admin_client,
     assert emails.context["cl"].result_count == 1
     assert report.status_code == 200 and b'name="_save"' not in report.content
     assert admin_client.get(reverse("admin:scheduler_app_contactimport_add")).status_code == 403
+
+
+@pytest.mark.parametrize("contact_ids", ["²", "1,²", "9" * 5000, "99999999999999999999"])
+def test_contact_ids_that_are_not_ids_are_a_form_error(client, operator, acme, contact_ids):
+    client.force_login(grant(operator, "view_contact"))
+
+    response = client.post(
+        reverse("schedule_launch"), {"today": "2025-03-01", "contact_ids": contact_ids}
+    )
+
+    assert response.status_code == 400
+    assert "is not a contact id" in response.content.decode()
+    assert not Job.objects.exists()
+
+
+def test_admin_date_filters_past_year_9999_are_a_400(admin_client, db):
+    url = reverse("admin:scheduler_app_scheduledemail_changelist")
+    assert admin_client.get(url + "?send_date__year=99999999999").status_code == 400
+    assert admin_client.get(url + "?status__exact=%00").status_code == 400

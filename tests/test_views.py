@@ -653,3 +653,79 @@ def test_a_successful_login_before_the_limit_is_let_in(client, operator, redis_d
 
     assert response.status_code == 302
     assert client.get(reverse("home")).status_code == 200
+
+
+# -- Input the database or Python cannot take -------------------------------------------------
+
+
+def test_a_huge_stop_after_consecutive_is_a_form_error(operator_client):
+    response = operator_client.post(
+        reverse("launch", args=["sleep"]),
+        launch_data(**{"sleep-run-stop_after_consecutive": "99999999999"}),
+    )
+
+    assert response.status_code == 400
+    assert "Ensure this value is less than or equal to 2147483647." in response.text
+    assert not Job.objects.exists()
+
+
+def test_retrying_a_job_whose_parameters_no_longer_validate_says_why(operator_client, operator):
+    from scheduler_app.models import Organization
+
+    operator.user_permissions.add(Permission.objects.get(codename="view_contact"))
+    acme = Organization.objects.create(name="Acme Health")
+    job = engine.launch(
+        "send_due_emails", {"organization": "Acme Health"}, user=operator, keys=["1", "2"]
+    )
+    fail_items(job, ["1"])
+    job = finish(job)
+    acme.name = "Acme Health Plans"
+    acme.save()
+
+    response = operator_client.post(reverse("job_retry", args=[job.pk]), follow=True)
+
+    assert response.status_code == 200
+    assert f"Job #{job.pk} cannot be retried" in response.text
+    assert "there is no organization named &#x27;Acme Health&#x27;" in response.text
+    assert Job.objects.count() == 1
+
+
+def test_the_admin_retry_action_reports_a_job_it_cannot_retry(admin_client, admin_user):
+    from scheduler_app.models import Organization
+
+    acme = Organization.objects.create(name="Acme Health")
+    job = engine.launch("send_due_emails", {"organization": "Acme Health"}, keys=["1"])
+    fail_items(job, ["1"])
+    job = finish(job)
+    Organization.objects.filter(pk=acme.pk).update(name="Renamed")
+
+    response = admin_client.post(
+        reverse("admin:project_job_changelist"),
+        {"action": "retry_failed_items", "_selected_action": [job.pk]},
+        follow=True,
+    )
+
+    assert response.status_code == 200
+    assert f"Job #{job.pk} cannot be retried" in response.text
+    assert Job.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "status__exact=%00",
+        "kind=%00",
+        "created_at__year=99999999999",
+        "created_at__year=2020&created_at__month=99999999999999",
+    ],
+)
+def test_admin_list_filters_the_database_cannot_take_are_a_400(admin_client, job, query):
+    response = admin_client.get(reverse("admin:project_job_changelist") + "?" + query)
+
+    assert response.status_code == 400
+    assert admin_client.get(reverse("admin:project_job_changelist")).status_code == 200
+
+
+def test_an_item_filter_with_a_nul_is_a_400(admin_client, job):
+    url = reverse("admin:project_jobitem_changelist") + "?error_type=%00"
+    assert admin_client.get(url).status_code == 400

@@ -9,6 +9,7 @@ cancelled, 2 for bad arguments.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -18,6 +19,7 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from project import engine
+from project.forms import MAX_STOP_AFTER
 from project.kinds import all_kinds
 from project.models import Job
 
@@ -32,6 +34,17 @@ def parse_params(pairs: list[str]) -> dict[str, str]:
     return params
 
 
+def failure_count(text: str) -> int:
+    """The argparse type of --stop-after-consecutive: a whole number from 1 to MAX_STOP_AFTER."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text[:30]!r}") from None
+    if not 1 <= value <= MAX_STOP_AFTER:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_STOP_AFTER}, not {value}")
+    return value
+
+
 class Command(BaseCommand):
     help = "Launch a job (sleep, schedule_emails, ...) and optionally wait for it."
 
@@ -42,7 +55,7 @@ class Command(BaseCommand):
             "--param", action="append", default=[], metavar="KEY=VALUE", help="a job parameter"
         )
         parser.add_argument("--concurrency", type=int, help="items in flight at most")
-        parser.add_argument("--stop-after-consecutive", type=int, metavar="N")
+        parser.add_argument("--stop-after-consecutive", type=failure_count, metavar="N")
         parser.add_argument("--stop-failure-ratio", type=float, metavar="R")
         parser.add_argument("--wait", action="store_true", help="follow the job to its end")
         parser.add_argument("--json", action="store_true", help="print the final state as JSON")
