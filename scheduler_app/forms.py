@@ -63,7 +63,11 @@ class ScheduleForm(forms.Form):
         return organization.name if organization else ""
 
     def clean_today(self) -> date:
-        return self.cleaned_data["today"] or timezone.localdate()
+        today = self.cleaned_data["today"] or timezone.localdate()
+        try:
+            return rules.check_run_date(today)
+        except rules.RuleError as err:
+            raise forms.ValidationError(str(err)) from None
 
     def clean_contact_ids(self) -> str:
         ids = parse_id_list(self.cleaned_data["contact_ids"])

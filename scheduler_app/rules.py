@@ -35,6 +35,11 @@ BLOCK_LEAD_DAYS = 60  # a blocked period starts this long before its rule window
 BIRTHDAY_SPACING_DAYS = 60  # a birthday email this close to an AEP/effective email is dropped
 AEP_WEEKS = ((8, 18), (8, 25), (9, 1), (9, 7))  # (month, day) of weeks 1..4
 
+# Run dates ("today") the rules take. Any real run is well inside; the bounds keep every date
+# the rules compute from it (a year ahead, and windows around that) a real date.
+FIRST_RUN_DATE = date(2000, 1, 1)
+LAST_RUN_DATE = date(2099, 12, 31)
+
 # [0-9] rather than \d: \d also matches non-ASCII digits, which date() would then accept.
 _ISO_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
 _US_DATE = re.compile(r"([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})")
@@ -118,6 +123,21 @@ def parse_state(value: str | None) -> str:
     if not isinstance(text, str) or not text.isascii() or text.upper() not in STATES:
         raise RuleError("state", value, f"state: {text!r} is not a US state code")
     return text.upper()
+
+
+def check_run_date(today: date) -> date:
+    """The run date if the rules take it (FIRST_RUN_DATE..LAST_RUN_DATE), else RuleError.
+
+    Checked before a run or preview starts: 9999-12-31 used to fail every contact with
+    "year 10000 is out of range" instead.
+    """
+    if not FIRST_RUN_DATE <= today <= LAST_RUN_DATE:
+        raise RuleError(
+            "today",
+            today,
+            f"the run date {today} is outside {FIRST_RUN_DATE}..{LAST_RUN_DATE}",
+        )
+    return today
 
 
 def parse_date(value: str | date | None, field: str) -> date | None:

@@ -148,6 +148,8 @@ def test_the_table_format_prints_one_readable_line_per_row(write_csv):
         ("id,state,birth_date", [], "missing required columns: first_name, last_name, email"),
         (HEADER, ["--today", "2025-3-1"], "--today takes a date as YYYY-MM-DD, not '2025-3-1'"),
         (HEADER, ["--csv", "/nonexistent.csv"], "/nonexistent.csv: No such file or directory"),
+        (HEADER, ["--today", "9999-12-31"], "--today: the run date 9999-12-31 is outside"),
+        (HEADER, ["--today", "0001-01-01"], "--today: the run date 0001-01-01 is outside"),
     ],
 )
 def test_a_bad_header_date_or_file_exits_2_with_a_message_and_prints_nothing(

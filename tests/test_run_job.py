@@ -32,6 +32,7 @@ def run_job(*args: str, **env) -> subprocess.CompletedProcess:
         (["sleep", "--param", "items=ten"], "items: Enter a whole number."),
         (["sleep", "--param", "items=10", "--concurrency", "0"], "concurrency must be between"),
         (["sleep", "--concurrency", "many"], "invalid int value: 'many'"),
+        (["schedule_emails", "--param", "today=9999-12-31"], "today: the run date 9999-12-31"),
         (["sleep", "--stop-after-consecutive", "-5"], "must be from 1 to 2147483647, not -5"),
         (["sleep", "--stop-after-consecutive", "99999999999"], "must be from 1 to 2147483647"),
         (["sleep", "--stop-after-consecutive", "9" * 5000], "invalid int value: '999"),

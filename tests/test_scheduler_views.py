@@ -399,3 +399,17 @@ def test_admin_date_filters_past_year_9999_are_a_400(admin_client, db):
     url = reverse("admin:scheduler_app_scheduledemail_changelist")
     assert admin_client.get(url + "?send_date__year=99999999999").status_code == 400
     assert admin_client.get(url + "?status__exact=%00").status_code == 400
+
+
+@pytest.mark.parametrize("today", ["9999-12-31", "1899-01-01"])
+def test_a_run_date_out_of_range_is_a_form_error_and_launches_nothing(
+    client, operator, acme, today
+):
+    client.force_login(grant(operator, "view_contact"))
+    make_contact(acme, "Ann")
+
+    response = client.post(reverse("schedule_launch"), {"today": today})
+
+    assert response.status_code == 400
+    assert f"the run date {today} is outside 2000-01-01..2099-12-31" in response.content.decode()
+    assert not Job.objects.exists()

@@ -6,8 +6,8 @@ Reads the import's CSV format. JSON: an array with one object per data row, in f
 {"id", "emails": [{"type", "date"}, ...]} sorted by (date, type), or {"id", "error"} for a row
 the rules cannot use. AEP positions count the eligible rows in file order.
 
-Exit status: 0 (a bad row is part of the output), 2 for a missing file, a bad --today or a
-header the import would refuse.
+Exit status: 0 (a bad row is part of the output), 2 for a missing file, a bad --today (or
+one outside the run dates the rules take), or a header the import would refuse.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from datetime import date
 
 from django.core.management.base import BaseCommand, CommandError
 
+from scheduler_app import rules
 from scheduler_app.importer import HeaderError, open_csv, preview_csv
 
 
@@ -28,7 +29,10 @@ def parse_today(text: str) -> date:
         day = None
     if day is None or day.isoformat() != text:
         raise CommandError(f"--today takes a date as YYYY-MM-DD, not {text!r}", returncode=2)
-    return day
+    try:
+        return rules.check_run_date(day)
+    except rules.RuleError as err:
+        raise CommandError(f"--today: {err}", returncode=2) from None
 
 
 class Command(BaseCommand):
