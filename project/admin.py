@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from functools import wraps
+
 from django.contrib import admin, messages
-from django.core.exceptions import BadRequest, ValidationError
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
 from django.db import DataError, transaction
 from django.urls import reverse
 from django.utils.html import format_html
+from django_rq.admin import QueueAdmin
+from django_rq.models import Dashboard
 
 from project import engine
 from project.models import Job, JobItem
@@ -201,3 +206,49 @@ class JobItemAdmin(ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+# -- django-rq -------------------------------------------------------------------------------
+
+
+def superuser_only(view):
+    """Let only active superusers through; others log in (anonymous) or get a 403."""
+
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        user = request.user
+        if not user.is_authenticated:
+            return redirect_to_login(request.get_full_path(), reverse("admin:login"))
+        if not (user.is_active and user.is_superuser):
+            raise PermissionDenied("The RQ queue pages are for superusers only.")
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+class SuperuserQueueAdmin(QueueAdmin):
+    """django-rq's queue pages, for superusers only: they empty queues and delete RQ jobs.
+
+    django-rq lets any staff user in; a staff user without permissions could empty the queue
+    the batch engine runs on.
+    """
+
+    def has_module_permission(self, request) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return self.has_module_permission(request)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return self.has_module_permission(request)
+
+    def get_urls(self):
+        urls = super().get_urls()
+        for url in urls:
+            url.callback = superuser_only(url.callback)
+        return urls
+
+
+if admin.site.is_registered(Dashboard):
+    admin.site.unregister(Dashboard)
+admin.site.register(Dashboard, SuperuserQueueAdmin)

@@ -139,3 +139,26 @@ def test_the_admin_index_links_to_the_django_rq_dashboard_which_loads(admin_clie
     assert reverse("admin:django_rq_dashboard_changelist") in index.text
     assert dashboard.status_code == 200
     assert "default" in dashboard.text  # the queue the batch engine uses
+
+
+def test_only_superusers_reach_the_django_rq_pages(client, django_user_model, redis_db):
+    import django_rq
+
+    queue = django_rq.get_queue("default", autocommit=True)  # not after a commit: now
+    queue.enqueue("project.jobs.run_chunk", 0)
+    staff = django_user_model.objects.create_user("sam", password="pw", is_staff=True)
+    staff.user_permissions.add(*Permission.objects.all())  # every permission, still not root
+    client.force_login(staff)
+    dashboard = reverse("admin:django_rq_dashboard_changelist")
+    empty = reverse("admin:django_rq_clear", args=[0])
+
+    index = client.get(reverse("admin:index"))
+    pages = [client.get(dashboard), client.get(empty), client.post(empty)]
+    stats = client.get(reverse("admin:django_rq_home_json"))
+
+    assert dashboard not in index.text
+    assert [page.status_code for page in pages] == [403, 403, 403]
+    assert stats.status_code == 403
+    assert queue.count == 1  # not emptied
+    client.logout()
+    assert client.get(empty).status_code == 302  # anonymous: to the admin login
