@@ -239,6 +239,19 @@ def _printable(text: str) -> str:
     return text.replace("\x00", "\\x00")
 
 
+def terminal_safe(text: str) -> str:
+    """text with what a terminal would act on spelled out: escapes, bidi overrides, controls.
+
+    For command output that shows values from a file (the preview's table, import reports);
+    every character str.isprintable() refuses becomes its Python escape, e.g. \\x1b, \\u202e.
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
+    )
+
+
 def _shorten(text: str, length: int = 200) -> str:
     return text if len(text) <= length else text[: length - 3] + "..."
 

@@ -407,3 +407,14 @@ def test_the_report_csv_keeps_spreadsheets_from_running_uploaded_formulas(db):
     report = importer.ImportReport(rows=1, failed=1)
     report.errors.append(importer.RowError(2, "email", '=HYPERLINK("http://x")', "bad"))
     assert "'=HYPERLINK" in report.errors_csv()
+
+
+def test_the_command_spells_out_terminal_escapes_in_the_values_it_reports(db, write_csv):
+    path = write_csv("1\u202e,Ann,Lee,ann@example.com\x1b[2J,T\x1b]0;x\x07,,")
+    out = io.StringIO()
+    with pytest.raises(SystemExit):
+        call_command("import_contacts", path, "--organization", "Acme", stdout=out)
+    text = out.getvalue()
+    for bad in ("\x1b", "\x07", "\u202e"):
+        assert bad not in text
+    assert "email 'ann@example.com\\x1b[2J'" in text

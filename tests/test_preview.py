@@ -160,3 +160,19 @@ def test_a_bad_header_date_or_file_exits_2_with_a_message_and_prints_nothing(
     assert result.returncode == 2
     assert message in result.stderr
     assert result.stdout == ""
+
+
+def test_the_table_spells_out_terminal_escapes_and_bidi_overrides_from_the_file(write_csv):
+    path = write_csv(
+        "\x1b[31mred\u202e,A,B,a@example.com,T\x1bX,1950-01-01,",
+        "\x1b]0;title\x07,A,B,b@example.com,TX,1950-01-01,2020-01-01",
+    )
+
+    result = preview("--csv", path, "--today", "2025-01-01", "--format", "table")
+
+    assert result.returncode == 0, result.stderr
+    for bad in ("\x1b", "\x07", "\u202e"):
+        assert bad not in result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("\\x1b[31mred\\u202e ")
+    assert lines[1].startswith("\\x1b]0;title\\x07 ")

@@ -22,6 +22,7 @@ from scheduler_app.importer import (
     import_contacts,
     open_csv,
     save_report,
+    terminal_safe,
 )
 
 SHOWN_ERRORS = 50
@@ -79,7 +80,7 @@ class Command(BaseCommand):
             Path(errors_csv).write_text(report.errors_csv(), encoding="utf-8", newline="")
         if verbose:
             for error in report.errors[:SHOWN_ERRORS]:
-                self.stdout.write(str(error))
+                self.stdout.write(terminal_safe(str(error)))
             more = len(report.errors) + report.unlisted_errors - SHOWN_ERRORS
             if more > 0:
                 where = errors_csv or "--errors-csv FILE"

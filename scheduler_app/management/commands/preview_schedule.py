@@ -18,7 +18,7 @@ from datetime import date
 from django.core.management.base import BaseCommand, CommandError
 
 from scheduler_app import rules
-from scheduler_app.importer import HeaderError, open_csv, preview_csv
+from scheduler_app.importer import HeaderError, open_csv, preview_csv, terminal_safe
 
 
 def parse_today(text: str) -> date:
@@ -74,4 +74,5 @@ def table_line(result: dict) -> str:
         detail = "  ".join(f"{email['date']} {email['type']}" for email in result["emails"])
     else:
         detail = "no emails"
-    return f"{result['id']:<12} {detail}"
+    # Ids and messages come from the file: nothing in them may drive the terminal.
+    return terminal_safe(f"{result['id']:<12} {detail}")
