@@ -167,6 +167,14 @@ USE_I18N = False
 USE_TZ = True
 USE_THOUSAND_SEPARATOR = False
 
+# Uploads (the contact import): a body over MAX_UPLOAD_MB is refused before it is stored.
+MAX_UPLOAD_MB = env_int("MAX_UPLOAD_MB", 50)
+FILE_UPLOAD_HANDLERS = [
+    "project.uploads.SizeLimitUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
+
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]

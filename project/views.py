@@ -96,11 +96,18 @@ def _get_job(request: HttpRequest, job_id: int) -> Job:
 
 
 def _get_kind(name: str) -> JobKind:
-    """The registered job kind, or 404."""
+    """The registered job kind that the dashboard launches, or 404.
+
+    A kind with `launch_from_dashboard = False` is launched by its own page (an import
+    needs an upload).
+    """
     try:
-        return get_kind(name)
+        kind = get_kind(name)
     except KeyError:
         raise Http404(f"No job kind {name!r}") from None
+    if not getattr(kind, "launch_from_dashboard", True):
+        raise Http404(f"{name!r} jobs are not launched from the dashboard")
+    return kind
 
 
 def _kind_label(name: str) -> str:
@@ -184,7 +191,8 @@ def _render_home(request: HttpRequest, failed_form: LaunchForm | None = None, st
         launch_forms = [
             failed_form if failed_form and failed_form.kind is kind else LaunchForm(kind)
             for kind in all_kinds()
-            if request.user.has_perm(view_permission(kind.name))
+            if getattr(kind, "launch_from_dashboard", True)
+            and request.user.has_perm(view_permission(kind.name))
         ]
     context = {**_jobs_context(request), "launch_forms": launch_forms}
     return render(request, "project/home.html", context, status=status)

@@ -5,13 +5,11 @@ from __future__ import annotations
 from datetime import date
 
 from django import forms
+from django.conf import settings
 from django.utils import timezone
 
 from scheduler_app import rules
-from scheduler_app.models import Organization
-
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # ~100,000 contact rows; bigger files go through the command
-
+from scheduler_app.models import ContactImport, Organization
 
 MAX_ID = 2**63 - 1  # PostgreSQL bigint
 
@@ -133,14 +131,21 @@ class ContactImportForm(forms.Form):
         help_text="Organization of every row; empty: the file's organization column.",
     )
 
+    def __init__(self, data=None, files=None, *, too_large: bool = False):
+        super().__init__(data, files)
+        # project.uploads dropped a body over MAX_UPLOAD_MB: clean_file() says so, rather
+        # than "this field is required".
+        self.too_large = too_large
+        self.fields["file"].required = not too_large
+
     def clean_file(self):
-        """The upload as text: at most MAX_UPLOAD_BYTES, strictly UTF-8 (a BOM is fine)."""
+        """The upload as text: strictly UTF-8 (a BOM is fine).
+
+        Its size was checked before it was stored (project.uploads), against MAX_UPLOAD_MB.
+        """
+        if self.too_large:
+            raise forms.ValidationError(too_large_message())
         upload = self.cleaned_data["file"]
-        if upload.size > MAX_UPLOAD_BYTES:
-            raise forms.ValidationError(
-                f"The file is {upload.size / 1024 / 1024:.1f} MB; "
-                f"the limit is {MAX_UPLOAD_BYTES // 1024 // 1024} MB."
-            )
         data = upload.read()
         try:
             self.cleaned_data["text"] = data.decode("utf-8-sig")
@@ -150,3 +155,17 @@ class ContactImportForm(forms.Form):
                 f'{err.start}). Save it as "CSV UTF-8" and upload it again.'
             ) from None
         return upload
+
+
+def too_large_message() -> str:
+    """The Import page's error for a body over MAX_UPLOAD_MB (refused by project.uploads)."""
+    return (
+        f"The file is larger than the limit of {settings.MAX_UPLOAD_MB} MB; "
+        "import it with `manage.py import_contacts` instead."
+    )
+
+
+class ImportJobForm(forms.Form):
+    """The parameters of an import job: the upload it imports (see ImportContactsKind)."""
+
+    contact_import = forms.ModelChoiceField(ContactImport.objects.all())

@@ -42,7 +42,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from scheduler_app import rules
-from scheduler_app.models import Contact, ContactImport, Organization
+from scheduler_app.models import Contact, ContactImport, ContactImportPart, Organization
 
 REQUIRED_COLUMNS = (
     "id",
@@ -119,15 +119,27 @@ class ImportReport:
 
         When errors were left out, a last line says how many (its reason column only).
         """
+        return errors_csv(self.error_lines(), len(self.errors), self.unlisted_errors)
+
+    def error_lines(self) -> str:
+        """The listed errors as CSV lines, without the header line."""
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow(["row", "field", "value", "reason"])
         for error in self.errors:
             writer.writerow([error.row, error.field, spreadsheet_safe(error.value), error.reason])
-        if self.unlisted_errors:
-            note = f"... and {self.unlisted_errors:,} more errors (a report lists the first "
-            writer.writerow(["", "", "", note + f"{MAX_LISTED_ERRORS:,})"])
         return out.getvalue()
+
+
+def errors_csv(lines: str, listed: int, unlisted: int) -> str:
+    """A report: the header line, error lines, and a line counting the unlisted errors."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["row", "field", "value", "reason"])
+    out.write(lines)
+    if unlisted:
+        note = f"... and {unlisted:,} more errors (a report lists the first {listed:,})"
+        writer.writerow(["", "", "", note])
+    return out.getvalue()
 
 
 def spreadsheet_safe(value: str) -> str:
@@ -312,10 +324,13 @@ def import_contacts(
     organization: str | None = None,
     batch_size: int = 2000,
     progress: Callable[[ImportReport], None] | None = None,
+    may_update: bool = True,
 ) -> ImportReport:
     """Validate every row and upsert the good ones by (organization, id); report the bad ones.
 
     Raises HeaderError before saving anything when the file cannot be imported at all.
+    With may_update False (a user without scheduler_app.change_contact), a row whose contact
+    exists already, or whose id an earlier row of the file used, is a bad row.
 
     1. Read the header (HeaderError when a required column is missing).
     2. For each row: check every field; a bad row adds its errors to the report and is skipped.
@@ -332,6 +347,7 @@ def import_contacts(
     report = ImportReport()
     organization_ids: dict[str, int] = {}
     waiting: dict[tuple[int, str], Contact] = {}
+    lines: dict[tuple[int, str], int] = {}  # the row each waiting contact comes from
 
     for row in rows:
         report.rows += 1
@@ -351,23 +367,39 @@ def import_contacts(
             organization_ids[name] = Organization.objects.get_or_create(name=name)[0].pk
             report.organizations.add(name)
         key = (organization_ids[name], data["external_id"])
+        if key in waiting and not may_update:
+            report.failed += 1
+            reason = f"repeats the id of row {lines[key]}; {NO_UPDATES}"
+            report.add_error(RowError(row.line, "id", data["external_id"], reason))
+            continue
         if key in waiting:
             report.updated += 1  # the earlier row of this file created or updated it
         waiting[key] = Contact(organization_id=key[0], **data)
+        lines[key] = row.line
         if len(waiting) >= batch_size:
-            _save_batch(waiting, report)
-            waiting = {}
+            _save_batch(waiting, lines, report, may_update)
+            waiting, lines = {}, {}
             if progress:
                 progress(report)
 
     if waiting:
-        _save_batch(waiting, report)
+        _save_batch(waiting, lines, report, may_update)
     if progress:
         progress(report)
+    report.errors.sort(key=lambda error: error.row)  # refused updates come at a batch's end
     return report
 
 
-def _save_batch(waiting: dict[tuple[int, str], Contact], report: ImportReport) -> None:
+# Why a row may not update its contact (the reason column of the report).
+NO_UPDATES = "updating contacts needs the permission to change contacts"
+
+
+def _save_batch(
+    waiting: dict[tuple[int, str], Contact],
+    lines: dict[tuple[int, str], int],
+    report: ImportReport,
+    may_update: bool,
+) -> None:
     with transaction.atomic():
         existing = set(
             Contact.objects.filter(
@@ -375,11 +407,22 @@ def _save_batch(waiting: dict[tuple[int, str], Contact], report: ImportReport) -
                 external_id__in=[external_id for _, external_id in waiting],
             ).values_list("organization_id", "external_id")
         )
+        if not may_update:
+            for key in existing & waiting.keys():
+                del waiting[key]
+                report.failed += 1
+                reason = f"a contact with this id exists; {NO_UPDATES}"
+                report.add_error(RowError(lines[key], "id", key[1], reason))
+            existing = set()
         Contact.objects.bulk_create(
             waiting.values(),
-            update_conflicts=True,
             unique_fields=["organization", "external_id"],
-            update_fields=UPDATE_FIELDS,
+            # Without the permission, a contact created since the query above stays as it is.
+            **(
+                {"update_conflicts": True, "update_fields": UPDATE_FIELDS}
+                if may_update
+                else {"ignore_conflicts": True}
+            ),
         )
     updated = len(existing & waiting.keys())
     report.updated += updated
@@ -404,6 +447,135 @@ def save_report(
         updated=report.updated,
         failed=report.failed,
         errors_csv=report.errors_csv(),
+    )
+
+
+# -- Uploads imported by a job ---------------------------------------------------------------
+
+PART_ROWS = 2000  # rows of an upload one job item imports (one transaction)
+
+
+def split_rows(text: str, rows_per_part: int) -> tuple[str, list[tuple[int, str]]]:
+    """The header line, and the data rows in parts: (line of the part's first row, its text).
+
+    Parts end where the csv module ends a row, so a quoted value over several lines stays in
+    one part. Raises HeaderError as import_contacts() would.
+    """
+    read_rows(io.StringIO(text, newline=""))  # HeaderError now, not in a worker
+    consumed: list[str] = []
+
+    def lines():
+        for line in io.StringIO(text, newline=""):
+            consumed.append(line)
+            yield line
+
+    reader = csv.reader(lines())
+    next(reader)
+    header = "".join(consumed)
+    parts, rows, first_line = [], 0, reader.line_num + 1
+    consumed.clear()
+    while True:
+        try:
+            next(reader)
+        except StopIteration:
+            break
+        except csv.Error:
+            pass  # an unreadable row: its part reports it
+        rows += 1
+        if rows == rows_per_part:
+            parts.append((first_line, "".join(consumed)))
+            consumed.clear()
+            rows, first_line = 0, reader.line_num + 1
+    if consumed:
+        parts.append((first_line, "".join(consumed)))
+    return header, parts
+
+
+def store_upload(
+    text: str, *, filename: str, organization: str, may_update: bool, user
+) -> ContactImport:
+    """Record an uploaded file, split into parts for the import job; HeaderError if unusable."""
+    header, parts = split_rows(text, PART_ROWS)
+    record = ContactImport.objects.create(
+        created_by=user,
+        filename=filename[:255],
+        organization=organization,
+        organization_option=organization,
+        may_update=may_update,
+        header=header,
+        errors_csv=errors_csv("", 0, 0),
+    )
+    ContactImportPart.objects.bulk_create(
+        ContactImportPart(
+            contact_import=record, number=number, first_line=first_line, data=rows.encode()
+        )
+        for number, (first_line, rows) in enumerate(parts, start=1)
+    )
+    return record
+
+
+def import_part(part: ContactImportPart) -> ImportReport | None:
+    """Import one part of an upload (an item of its job); None if it was imported already.
+
+    1. Read the part with the file's header, numbering rows by their line in the whole file.
+    2. Upsert its good rows and record its counts and errors in one transaction, so a part
+       that fails and is retried counts once.
+    3. Recompute the import's counts and report from its imported parts, in file order.
+    """
+    with transaction.atomic():
+        part = ContactImportPart.objects.select_for_update().get(pk=part.pk)
+        if part.imported:
+            return None
+        record = ContactImport.objects.select_for_update().get(pk=part.contact_import_id)
+        stream = text_stream(io.BytesIO(record.header.encode() + bytes(part.data)))
+        report = import_contacts(
+            stream,
+            organization=record.organization_option or None,
+            batch_size=PART_ROWS,
+            may_update=record.may_update,
+        )
+        # In its stream, the part's first row comes right after the header's line(s).
+        offset = part.first_line - len(io.StringIO(record.header, newline="").readlines()) - 1
+        for error in report.errors:
+            error.row += offset
+        ContactImportPart.objects.filter(pk=part.pk).update(
+            imported=True,
+            data=b"",
+            rows=report.rows,
+            created=report.created,
+            updated=report.updated,
+            failed=report.failed,
+            errors_listed=len(report.errors),
+            errors_unlisted=report.unlisted_errors,
+            error_lines=report.error_lines(),
+            organizations=sorted(report.organizations),
+        )
+        _total(record)
+    return report
+
+
+def _total(record: ContactImport) -> None:
+    """Sum an upload's imported parts into its record: counts, organizations, the report."""
+    parts = record.parts.filter(imported=True).order_by("number")
+    counts = ("rows", "created", "updated", "failed")
+    lines, listed, unlisted, organizations = [], 0, 0, set()
+    for name in counts:
+        setattr(record, name, 0)
+    for part in parts.defer("data"):
+        for name in counts:
+            setattr(record, name, getattr(record, name) + getattr(part, name))
+        organizations.update(part.organizations)
+        # Whole parts while they fit under MAX_LISTED_ERRORS; the rest are counted.
+        if listed + part.errors_listed <= MAX_LISTED_ERRORS:
+            lines.append(part.error_lines)
+            listed += part.errors_listed
+            unlisted += part.errors_unlisted
+        else:
+            unlisted += part.errors_listed + part.errors_unlisted
+    record.errors_csv = errors_csv("".join(lines), listed, unlisted)
+    record.organization = record.organization_option or _shorten(", ".join(sorted(organizations)))
+    record.save(
+        update_fields=["rows", "created", "updated", "failed", "errors_csv", "organization"]
     )
 
 

@@ -33,9 +33,9 @@ from django.utils import timezone
 from project.kinds import Item, JobKind, Outcome, PermanentError, TransientError, register
 from project.models import Job
 from project.ratelimit import get_limiter
-from scheduler_app import rules
-from scheduler_app.forms import ScheduleForm, SendForm, parse_id_list
-from scheduler_app.models import Contact, ScheduledEmail
+from scheduler_app import importer, rules
+from scheduler_app.forms import ImportJobForm, ScheduleForm, SendForm, parse_id_list
+from scheduler_app.models import Contact, ContactImportPart, ScheduledEmail
 
 INSERT_BATCH = 5000
 
@@ -372,3 +372,48 @@ class SendDueEmailsKind(JobKind):
     def settle(email: ScheduledEmail, status: str, **fields) -> None:
         """Record how the claimed email ended; the claim stays so nobody picks it up again."""
         ScheduledEmail.objects.filter(pk=email.pk).update(status=status, **fields)
+
+
+# -- Importing -------------------------------------------------------------------------------
+
+
+@register
+class ImportContactsKind(JobKind):
+    """An upload from the Import page, imported one part (importer.PART_ROWS rows) per item.
+
+    Launched by the upload view with concurrency 1: parts are claimed in item order, so a
+    later row of the file with the same id wins, as in the command.
+    """
+
+    name = "import_contacts"
+    label = "Import contacts"
+    description = "Import a CSV file uploaded on the Import page."
+    form_class = ImportJobForm
+    # Its report lists rows of the file; the import pages need the same permission.
+    view_permission = "scheduler_app.add_contact"
+    # Launched from the Import page only: it needs an upload.
+    launch_from_dashboard = False
+    default_concurrency = 1
+
+    def item_keys(self, job: Job) -> Iterable[str]:
+        parts = ContactImportPart.objects.filter(contact_import_id=job.params["contact_import"])
+        return (str(n) for n in parts.order_by("number").values_list("number", flat=True))
+
+    def run_item(self, job: Job, item: Item) -> Outcome:
+        part = ContactImportPart.objects.defer("data").get(
+            contact_import_id=job.params["contact_import"], number=int(item.key)
+        )
+        report = importer.import_part(part)
+        if report is None:
+            return Outcome("skipped", "imported already")
+        tallies = {
+            "rows": report.rows,
+            "created": report.created,
+            "updated": report.updated,
+            "bad_rows": report.failed,
+        }
+        summary = (
+            f"{report.rows:,} rows from line {part.first_line}: {report.created:,} created, "
+            f"{report.updated:,} updated, {report.failed:,} bad"
+        )
+        return Outcome("succeeded", summary, tallies)

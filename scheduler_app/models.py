@@ -158,6 +158,18 @@ class ContactImport(models.Model):
     updated = models.PositiveIntegerField(default=0)
     failed = models.PositiveIntegerField(default=0)
     errors_csv = models.TextField(blank=True, help_text="row,field,value,reason")
+    # An upload from the dashboard is imported by a job, one ContactImportPart per item;
+    # the counts and errors_csv above then grow as its parts are imported.
+    job = models.ForeignKey(
+        "project.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    header = models.TextField(blank=True, help_text="The file's header line, for its parts.")
+    organization_option = models.CharField(
+        max_length=200, blank=True, help_text="The organization of every row; empty: the file's."
+    )
+    may_update = models.BooleanField(
+        default=True, help_text="Whether rows may update existing contacts (change_contact)."
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -167,3 +179,39 @@ class ContactImport(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("contact_import", args=[self.pk])
+
+
+class ContactImportPart(models.Model):
+    """A run of consecutive rows of an uploaded file: one item of the import's job.
+
+    Stored in the database, not on a disk, so a worker on any machine can import it. `data`
+    is emptied once the part is imported; a part that failed keeps it for a retry.
+    """
+
+    contact_import = models.ForeignKey(
+        ContactImport, on_delete=models.CASCADE, related_name="parts"
+    )
+    number = models.PositiveIntegerField()
+    first_line = models.PositiveIntegerField(help_text="Line of the file where its rows start.")
+    data = models.BinaryField(help_text="The rows as uploaded (UTF-8), without the header.")
+    imported = models.BooleanField(default=False)
+    rows = models.PositiveIntegerField(default=0)
+    created = models.PositiveIntegerField(default=0)
+    updated = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    errors_listed = models.PositiveIntegerField(default=0)
+    errors_unlisted = models.PositiveIntegerField(default=0)
+    error_lines = models.TextField(blank=True, help_text="Its errors as CSV, without a header.")
+    organizations = models.JSONField(default=list, help_text="Organizations its rows went to.")
+
+    class Meta:
+        ordering = ["contact_import", "number"]
+        constraints = [
+            # The job's item keys are part numbers; the import page reads the parts in order.
+            models.UniqueConstraint(
+                fields=["contact_import", "number"], name="contactimportpart_uniq"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"part {self.number} of import {self.contact_import_id}"

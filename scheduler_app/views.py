@@ -17,11 +17,14 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
+from django.db import transaction
 from django.db.models import Count, Q
 from django.db.models.functions import TruncWeek
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
 from django.utils import timezone
+from django_htmx.http import HttpResponseStopPolling
 
 from project import engine
 from project.models import Job
@@ -48,7 +51,9 @@ def _get_contact(contact_id: int) -> Contact:
 
 def _get_import(import_id: int) -> ContactImport:
     """The import report, or 404. Anyone who may import may read every report."""
-    return get_object_or_404(ContactImport.objects.select_related("created_by"), pk=import_id)
+    return get_object_or_404(
+        ContactImport.objects.select_related("created_by", "job"), pk=import_id
+    )
 
 
 def _pct(days: float, span: int) -> str:
@@ -243,42 +248,71 @@ def schedule_launch(request: HttpRequest) -> HttpResponse:
 @login_required
 @permission_required("scheduler_app.add_contact", raise_exception=True)
 def contact_import_new(request: HttpRequest) -> HttpResponse:
-    form = ContactImportForm(request.POST or None, request.FILES or None)
-    if request.method == "POST" and form.is_valid():
-        organization = form.cleaned_data["organization"]
+    """Store an upload and launch the job that imports it; the import page shows it run.
+
+    Rows may update existing contacts only for users with scheduler_app.change_contact;
+    for others such rows are bad rows of the report.
+    """
+    posted = request.method == "POST"
+    form = ContactImportForm(
+        request.POST if posted else None,
+        request.FILES if posted else None,
+        # Set by project.uploads while parsing the body, which request.FILES does.
+        too_large=posted and bool(request.FILES is not None and too_large(request)),
+    )
+    if posted and form.is_valid():
         try:
-            report = importer.import_contacts(
-                io.StringIO(form.cleaned_data["text"], newline=""),
-                organization=organization or None,
-            )
+            with transaction.atomic():
+                record = importer.store_upload(
+                    form.cleaned_data["text"],
+                    filename=form.cleaned_data["file"].name,
+                    organization=form.cleaned_data["organization"].strip(),
+                    may_update=request.user.has_perm("scheduler_app.change_contact"),
+                    user=request.user,
+                )
+                record.job = engine.launch(
+                    "import_contacts",
+                    {"contact_import": record.pk},
+                    concurrency=1,
+                    source=Job.Source.DASHBOARD,
+                    user=request.user,
+                )
+                record.save(update_fields=["job"])
         except importer.HeaderError as err:
             form.add_error("file", str(err))
         else:
-            record = importer.save_report(
-                report,
-                filename=form.cleaned_data["file"].name,
-                organization=organization,
-                user=request.user,
-            )
-            messages.success(
-                request,
-                f"Imported {record.rows:,} rows: {record.created:,} created, "
-                f"{record.updated:,} updated, {record.failed:,} bad.",
-            )
+            messages.success(request, f"Importing {record.filename or 'the file'}.")
             return redirect(record)
     context = {"form": form, "recent": ContactImport.objects.select_related("created_by")[:10]}
     status = 400 if form.errors else 200
     return render(request, "scheduler_app/contact_import_new.html", context, status=status)
 
 
+def too_large(request: HttpRequest) -> bool:
+    """Whether project.uploads refused the request's body as over MAX_UPLOAD_MB."""
+    return getattr(request, "upload_too_large", False)
+
+
 @login_required
 @permission_required("scheduler_app.add_contact", raise_exception=True)
 def contact_import(request: HttpRequest, import_id: int) -> HttpResponse:
+    """An import's counts and bad rows; while its job runs, `#report` is polled every second."""
     record = _get_import(import_id)
     rows = csv.DictReader(io.StringIO(record.errors_csv))
     errors = list(islice(rows, ERRORS_SHOWN))
     listed = len(errors) + sum(1 for _ in rows)
-    context = {"record": record, "errors": errors, "listed": listed, "shown": len(errors)}
+    running = record.job is not None and not record.job.is_finished
+    context = {
+        "record": record,
+        "job": record.job,
+        "running": running,
+        "errors": errors,
+        "listed": listed,
+        "shown": len(errors),
+    }
+    if request.htmx and not request.htmx.history_restore_request:
+        html = render_to_string("scheduler_app/contact_import.html#report", context, request)
+        return HttpResponse(html) if running else HttpResponseStopPolling(html)
     return render(request, "scheduler_app/contact_import.html", context)
 
 

@@ -10,11 +10,14 @@ from datetime import date, timedelta
 import pytest
 from django.contrib.auth.models import Permission
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.files.uploadhandler import FileUploadHandler
 from django.urls import reverse
 from django.utils import timezone
 
+from project.kinds import Item, get_kind
 from project.models import Job
 from scheduler_app.models import Contact, ContactImport, Organization, ScheduledEmail
+from tests.helpers import wait_for_job
 
 CSV_HEADER = "id,first_name,last_name,email,state,birth_date,effective_date\n"
 
@@ -280,11 +283,32 @@ def test_launching_a_run_from_the_schedule_page_redirects_to_its_job(client, ope
 # -- Imports ---------------------------------------------------------------------------------
 
 
-def upload(client, text: str | bytes, organization: str = "Acme Health", name: str = "c.csv"):
+def upload(
+    client,
+    text: str | bytes,
+    organization: str = "Acme Health",
+    name: str = "c.csv",
+    run: bool = True,
+):
+    """Upload a file on the Import page, then (`run`) run its job's items as a worker would."""
     data = text.encode() if isinstance(text, str) else text
-    return client.post(
+    response = client.post(
         reverse("contact_import_new"),
         {"file": SimpleUploadedFile(name, data, "text/csv"), "organization": organization},
+    )
+    if run and response.status_code == 302:
+        job = ContactImport.objects.get(pk=response.url.split("/")[-2]).job
+        kind = get_kind(job.kind)
+        for item in job.items.order_by("id"):
+            kind.run_item(job, Item(item.pk, item.key))
+        finish_job(job)
+    return response
+
+
+def finish_job(job: Job) -> None:
+    """Mark the job finished, as the engine does once its last item settled."""
+    Job.objects.filter(pk=job.pk).update(
+        status=Job.Status.SUCCEEDED, succeeded=job.total, finished_at=timezone.now()
     )
 
 
@@ -301,6 +325,11 @@ def test_an_upload_imports_contacts_and_reports_bad_rows_with_a_csv(client, staf
     record = ContactImport.objects.get()
     assert response.status_code == 302 and response.url == reverse(
         "contact_import", args=[record.pk]
+    )
+    assert (record.job.kind, record.job.started_by, record.job.total) == (
+        "import_contacts",
+        staff,
+        1,
     )
     assert list(Contact.objects.values_list("external_id", flat=True)) == ["1"]
     assert (record.rows, record.created, record.failed, record.created_by) == (3, 1, 2, staff)
@@ -323,12 +352,37 @@ def test_an_upload_imports_contacts_and_reports_bad_rows_with_a_csv(client, staf
 
 
 def test_a_second_upload_of_the_same_rows_updates_them(client, staff, db):
+    grant(staff, "change_contact")
     upload(client, CSV_HEADER + "1,Ann,Lee,ann@example.com,TX,1950-03-01,\n")
     upload(client, CSV_HEADER + "1,Anna,Lee,ann@example.com,TX,1950-03-01,\n")
 
     second = ContactImport.objects.first()
     assert (second.created, second.updated) == (0, 1)
     assert Contact.objects.get().first_name == "Anna"
+
+
+def test_without_change_contact_an_upload_only_creates_and_reports_updates_as_bad_rows(
+    client, staff, acme
+):
+    make_contact(acme, "Ann", external_id="1")
+    rows = (
+        CSV_HEADER
+        + "1,Mallory,Lee,ann@example.com,TX,1950-03-01,\n"
+        + "2,Bob,Ray,bob@example.com,TX,1950-03-01,\n"
+        + "2,Robert,Ray,bob@example.com,TX,1950-03-01,\n"
+    )
+
+    upload(client, rows)
+
+    record = ContactImport.objects.get()
+    assert (record.rows, record.created, record.updated, record.failed) == (3, 1, 0, 2)
+    assert sorted(Contact.objects.values_list("first_name", flat=True)) == ["Ann", "Bob"]
+    report = list(csv.DictReader(io.StringIO(record.errors_csv)))
+    assert [(r["row"], r["field"], r["value"]) for r in report] == [
+        ("2", "id", "1"),
+        ("4", "id", "2"),
+    ]
+    assert "permission to change contacts" in report[0]["reason"]
 
 
 def test_a_file_without_the_required_columns_is_a_form_error(client, staff, db):
@@ -350,13 +404,120 @@ def test_a_file_that_is_not_utf8_is_a_form_error_naming_the_byte(client, staff, 
     assert not Contact.objects.exists()
 
 
-def test_a_file_over_the_size_limit_is_refused(client, staff, db, monkeypatch):
-    monkeypatch.setattr("scheduler_app.forms.MAX_UPLOAD_BYTES", 100)
-    response = upload(client, CSV_HEADER + "1,Ann,Lee,ann@example.com,TX,1950-03-01,\n" * 3)
+class RecordingUploadHandler(FileUploadHandler):
+    """Stands where Django stores uploads (after the size limit): records what reaches it."""
+
+    received: list[int] = []
+
+    def receive_data_chunk(self, raw_data, start):
+        self.received.append(len(raw_data))
+        return raw_data
+
+    def file_complete(self, file_size):
+        return None
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_stored(client, staff, settings):
+    settings.MAX_UPLOAD_MB = 1
+    settings.FILE_UPLOAD_HANDLERS = [
+        "project.uploads.SizeLimitUploadHandler",
+        "tests.test_scheduler_views.RecordingUploadHandler",
+    ]
+    RecordingUploadHandler.received = []
+    row = "1,Ann,Lee,ann@example.com,TX,1950-03-01,\n"
+
+    response = upload(client, CSV_HEADER + row * (1024 * 1024 // len(row) + 100))
 
     assert response.status_code == 400
-    assert "the limit is" in response.context["form"].errors["file"][0]
-    assert not Contact.objects.exists()
+    assert response.context["form"].errors["file"] == [
+        "The file is larger than the limit of 1 MB; import it with "
+        "`manage.py import_contacts` instead."
+    ]
+    assert RecordingUploadHandler.received == []
+    assert not ContactImport.objects.exists() and not Job.objects.exists()
+
+
+def test_a_file_under_the_size_limit_reaches_the_storage(client, staff, settings):
+    settings.FILE_UPLOAD_HANDLERS = [
+        "project.uploads.SizeLimitUploadHandler",
+        "tests.test_scheduler_views.RecordingUploadHandler",
+        "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    ]
+    RecordingUploadHandler.received = []
+
+    response = upload(client, CSV_HEADER + "1,Ann,Lee,ann@example.com,TX,1950-03-01,\n")
+
+    assert response.status_code == 302
+    assert sum(RecordingUploadHandler.received) > 0
+
+
+def test_the_upload_is_imported_by_a_job_in_parts_with_file_line_numbers(
+    client, staff, db, monkeypatch
+):
+    monkeypatch.setattr("scheduler_app.importer.PART_ROWS", 2)
+    rows = (
+        CSV_HEADER
+        + "1,Ann,Lee,ann@example.com,TX,1950-03-01,\n"
+        + '2,"Bob\nBy",Ray,bob@example.com,ZZ,1950-03-01,\n'  # a value over two lines
+        + "3,Cy,Fox,cy@example.com,CA,1950-03-01,\n"
+        + "4,Di,Ng,not-an-address,CA,1950-03-01,\n"
+        + "5,Ed,Ox,ed@example.com,TX,1950-03-01,\n"
+    )
+
+    response = upload(client, rows, run=False)
+
+    record = ContactImport.objects.get()
+    job = record.job
+    assert not Contact.objects.exists()  # nothing imported inside the request
+    assert [(p.number, p.first_line) for p in record.parts.all()] == [(1, 2), (2, 5), (3, 7)]
+    assert sorted(job.items.values_list("key", flat=True)) == ["1", "2", "3"]
+    assert client.get(job.get_absolute_url()).status_code == 200
+    running = client.get(response.url, headers={"HX-Request": "true"})
+    assert running.status_code == 200 and 'hx-trigger="every 1s"' in running.text
+
+    kind = get_kind("import_contacts")
+    outcomes = [kind.run_item(job, Item(i.pk, i.key)) for i in job.items.order_by("id")]
+    again = kind.run_item(job, Item(0, "1"))  # a part run twice counts once
+    finish_job(job)
+
+    record.refresh_from_db()
+    assert [o.tallies["rows"] for o in outcomes] == [2, 2, 1]
+    assert again.status == "skipped"
+    assert (record.rows, record.created, record.failed) == (5, 3, 2)
+    report = list(csv.DictReader(io.StringIO(record.errors_csv)))
+    assert [(r["row"], r["field"]) for r in report] == [("3", "state"), ("6", "email")]
+    assert not any(bytes(p.data) for p in record.parts.all())  # emptied once imported
+    done = client.get(response.url, headers={"HX-Request": "true"})
+    assert done.status_code == 286 and "every 1s" not in done.text
+    download = client.get(reverse("contact_import_errors", args=[record.pk]))
+    assert download.content.decode() == record.errors_csv
+
+
+def test_an_upload_is_imported_by_real_workers(client, staff, workers):
+    workers(1)
+    rows = "".join(f"{n},P{n},Lee,p{n}@example.com,TX,1950-03-01,\n" for n in range(3000))
+
+    response = upload(client, CSV_HEADER + rows + "x,Bad,Row,bad,ZZ,,\n", run=False)
+
+    record = ContactImport.objects.get()
+    wait_for_job(record.job)
+    record.refresh_from_db()
+    assert record.job.status == Job.Status.SUCCEEDED
+    assert record.job.tallies == {"rows": 3001, "created": 3000, "updated": 0, "bad_rows": 1}
+    assert (record.rows, record.created, record.failed) == (3001, 3000, 1)
+    page = client.get(response.url)
+    assert [(e["row"], e["field"]) for e in page.context["errors"]][0] == ("3002", "email")
+
+
+def test_import_jobs_are_not_launched_from_the_dashboard(client, operator, db):
+    grant(operator, "view_contact", "add_contact")
+    client.force_login(operator)
+
+    home = client.get(reverse("home"))
+    launch = client.post(reverse("launch", args=["import_contacts"]), {})
+
+    assert "import_contacts-contact_import" not in home.content.decode()
+    assert launch.status_code == 404
 
 
 # -- Admin -----------------------------------------------------------------------------------
