@@ -21,7 +21,8 @@ class ModelAdmin(admin.ModelAdmin):
     """The project's ModelAdmin: a filter value the database refuses is a 400, not a 500.
 
     Admin list URLs take any value for a filtered field; PostgreSQL refuses a NUL in text
-    (DataError) and Python a date hierarchy year past 9999 (OverflowError).
+    (DataError), and Python a date hierarchy year past 9999 (OverflowError) or a
+    `created_at__year` below 1 (ValueError).
     """
 
     def get_changelist_instance(self, request):
@@ -29,7 +30,7 @@ class ModelAdmin(admin.ModelAdmin):
             # A savepoint, so a refused query leaves the request's transaction usable.
             with transaction.atomic():
                 return super().get_changelist_instance(request)
-        except (DataError, OverflowError) as exc:
+        except (DataError, OverflowError, ValueError) as exc:
             raise BadRequest(f"Bad filter value: {exc}") from None
 
 

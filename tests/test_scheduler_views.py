@@ -560,6 +560,8 @@ def test_admin_date_filters_past_year_9999_are_a_400(admin_client, db):
     url = reverse("admin:scheduler_app_scheduledemail_changelist")
     assert admin_client.get(url + "?send_date__year=99999999999").status_code == 400
     assert admin_client.get(url + "?status__exact=%00").status_code == 400
+    contacts = reverse("admin:scheduler_app_contact_changelist")
+    assert admin_client.get(contacts + "?created_at__year=-1").status_code == 400
 
 
 @pytest.mark.parametrize("today", ["9999-12-31", "1899-01-01"])
