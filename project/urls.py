@@ -18,6 +18,7 @@ urlpatterns = [
     path("jobs/<int:job_id>/retry/", views.retry, name="job_retry"),
     path("login/", views.login, name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/login/", views.admin_login),  # before the admin's own, which it wraps
     path("admin/", admin.site.urls),
     path("", include("scheduler_app.urls")),
 ]

@@ -12,7 +12,7 @@ import logging
 
 import redis
 from django.conf import settings
-from django.contrib import messages
+from django.contrib import admin, messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required, permission_required
 from django.contrib.auth.forms import AuthenticationForm
@@ -155,7 +155,17 @@ def _count_login_failure(username: str) -> None:
 
 
 def login(request: HttpRequest) -> HttpResponse:
-    """Django's login view, refused for a while after too many failed attempts at a username.
+    """Django's login view, refused for a while after too many failed attempts at a username."""
+    return _throttled(request, auth_views.LoginView.as_view())
+
+
+def admin_login(request: HttpRequest) -> HttpResponse:
+    """The admin's login view, throttled like the dashboard's: the same counts."""
+    return _throttled(request, admin.site.login)
+
+
+def _throttled(request: HttpRequest, login_view) -> HttpResponse:
+    """Run a login view unless the username failed LOGIN_MAX_FAILURES times lately.
 
     Counted per username (not per address: behind a proxy every user shares one), in Redis so
     every web process sees the same count; the count lapses LOGIN_LOCKOUT_SECONDS after the
@@ -170,7 +180,7 @@ def login(request: HttpRequest) -> HttpResponse:
         )
         context = {"form": form, "next": request.POST.get("next", "")}
         return render(request, "registration/login.html", context, status=429)
-    response = auth_views.LoginView.as_view()(request)
+    response = login_view(request)
     if username and request.method == "POST" and response.status_code == 200:
         _count_login_failure(username)  # the form came back: wrong username or password
     return response

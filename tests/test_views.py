@@ -645,6 +645,17 @@ def test_logins_are_refused_after_five_failures_even_with_the_right_password(
     assert client.get(reverse("home")).status_code == 302  # not logged in
 
 
+def test_the_admin_login_counts_failures_with_the_dashboard_s(client, admin_user, redis_db):
+    for n in range(5):
+        client.post(reverse("admin:login"), {"username": "admin", "password": f"guess-{n}"})
+
+    dashboard = client.post(reverse("login"), {"username": "admin", "password": "password"})
+    refused = client.post(reverse("admin:login"), {"username": "admin", "password": "password"})
+
+    assert dashboard.status_code == refused.status_code == 429
+    assert client.get(reverse("admin:index")).status_code == 302
+
+
 def test_a_successful_login_before_the_limit_is_let_in(client, operator, redis_db):
     for n in range(4):
         client.post(reverse("login"), {"username": "olivia", "password": f"guess-{n}"})
