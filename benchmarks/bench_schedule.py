@@ -43,7 +43,7 @@ from rq import Worker  # noqa: E402
 from project import engine  # noqa: E402
 from project.models import Job  # noqa: E402
 from scheduler_app import rules  # noqa: E402
-from scheduler_app.jobs import schedule_keys  # noqa: E402
+from scheduler_app.jobs import schedule_items  # noqa: E402
 from scheduler_app.models import Contact, Organization, ScheduledEmail  # noqa: E402
 
 ORGS = 10
@@ -121,7 +121,7 @@ def timed_run(contacts, today: date, concurrency: int | None) -> dict:
     """Launch schedule_emails over the contacts and wait; return the figures."""
     started = time.perf_counter()
     job = engine.launch(
-        "schedule_emails", {"today": today}, keys=schedule_keys(contacts, today),
+        "schedule_emails", {"today": today}, keys=schedule_items(contacts, today),
         concurrency=concurrency,
     )  # fmt: skip
     launched = time.perf_counter()
