@@ -13,8 +13,8 @@ from django.db import connections, transaction
 from django.db.models import Count
 
 from project import engine
-from project.engine.execute import failure
 from project.connections import get_redis
+from project.engine.execute import failure
 from project.models import Job, JobItem
 from tests.helpers import wait_for_job, wait_until
 

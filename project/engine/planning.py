@@ -18,7 +18,7 @@ from datetime import timedelta
 import django_rq
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import close_old_connections, transaction
+from django.db import transaction
 from django.db.models import F, Q
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -179,7 +179,6 @@ def run_planner(job_id: int) -> None:
     3. Mark planning done (the job may then finish). A planner that raises fails the job
        with its error; one that dies is restarted by recovery and resumes at the cursor.
     """
-    close_old_connections()
     if not take_planner_lease(job_id):
         return
     job = Job.objects.get(pk=job_id)
@@ -199,8 +198,6 @@ def run_planner(job_id: int) -> None:
         log.exception("planner of job %s failed", job_id)
         fail_planning(job_id, exc)
         return
-    finally:
-        close_old_connections()
     finish_planning(job)
 
 

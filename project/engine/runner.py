@@ -366,7 +366,6 @@ def held_elsewhere(job_id: int, owner: str) -> int:
 
 def run_chunk(job_id: int) -> None:
     """Work on a job's items until none is left (the body of `project.jobs.run_chunk`)."""
-    close_old_connections()
     try:
         job = Job.objects.get(pk=job_id)
     except Job.DoesNotExist:
@@ -377,7 +376,4 @@ def run_chunk(job_id: int) -> None:
         Job.objects.filter(pk=job_id, started_at__isnull=True).update(started_at=timezone.now())
         Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(status=Job.Status.RUNNING)
         job.refresh_from_db()
-    try:
-        Runner(job, get_kind(job.kind)).run()
-    finally:
-        close_old_connections()
+    Runner(job, get_kind(job.kind)).run()
