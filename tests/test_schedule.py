@@ -43,9 +43,7 @@ def emails_of(c: Contact, status: str | None = None) -> list[tuple[str, str]]:
 def run_in_process(job: Job) -> dict:
     """Run a launched job's items through the kind in this process, in claim order."""
     kind = get_kind(job.kind)
-    items = [
-        Item(i.pk, i.key, data=i.data) for i in JobItem.objects.filter(job=job).order_by("id")
-    ]
+    items = [Item(i.pk, i.key, data=i.data) for i in JobItem.objects.filter(job=job).order_by("id")]
     outcomes = {}
     for start in range(0, len(items), kind.batch_size):
         outcomes.update(kind.run_batch(job, items[start : start + kind.batch_size]))

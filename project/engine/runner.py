@@ -66,6 +66,7 @@ class Runner:
         self.active: dict[int, Unit] = {}  # units threads work on now (under self.lock)
         self.workers: list[threading.Thread] = []
         self.exhausted = False  # the last claim found nothing
+        self.isolating = False  # holds a suspect item, which runs alone (store.claim)
         self.next_claim = 0.0
         self.planning_done = job.planning_done
 
@@ -157,10 +158,17 @@ class Runner:
     def maybe_claim(self, now: float, pending: list[Result]) -> None:
         if self.exhausted and now < self.next_claim:
             return
+        if self.isolating:
+            if self.outstanding:
+                return  # a suspect runs alone
+            self.isolating = False
         want = self.threads * self.unit_size * 2 - self.backlog.qsize() * self.unit_size
         if want < max(1, self.threads * self.unit_size // 2):
             return
         rows = store.claim(self.job.pk, self.owner, want, self.lease)
+        if not rows and not self.outstanding:
+            rows = store.claim(self.job.pk, self.owner, 1, self.lease, suspects=True)
+            self.isolating = bool(rows)
         # None claimable now: look again later; items of a runner that died become
         # claimable when their leases lapse, and a planner may still add items.
         self.exhausted = not rows
@@ -220,9 +228,9 @@ class Runner:
                 error = TimeoutError(
                     f"no result within {self.executor.timeout:g} s (the item's deadline)"
                 )
+                unit.thread.abandoned = True  # stuck in the kind: a new thread takes its place
             else:
                 error = RuntimeError("the thread running the item died")
-                unit.thread.abandoned = True  # stuck in the kind: a new thread takes its place
             for row in unit.rows:
                 self.results.put(failure(row.id, error, max(1, unit.attempts_of(row))))
             self.pool.release(unit)

@@ -95,9 +95,14 @@ end
 return out
 """
 
-# KEYS: epoch, from, to.  ARGV: my epoch, count.  Moves up to count tokens; -1 if void.
+# KEYS: epoch, from, to, owners, alive.  ARGV: my epoch, count, owner, alive ttl.
+# Moves up to count tokens; -1 if void. The owner is registered, and said alive, in the same
+# step: a runner that dies right after taking tokens is found by reclaim_dead, and one that
+# lives is never mistaken for dead.
 MOVE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+redis.call('SADD', KEYS[4], ARGV[3])
+redis.call('SET', KEYS[5], '0,0', 'NX', 'EX', ARGV[4])
 local moved = 0
 for i = 1, tonumber(ARGV[2]) do
   if not redis.call('LMOVE', KEYS[2], KEYS[3], 'LEFT', 'RIGHT') then break end
@@ -245,7 +250,9 @@ class Slots:
         return self._move(self.held_key, self.free_key, count)
 
     def _move(self, source: str, target: str, count: int) -> int:
-        moved = self._script(MOVE)(keys=[self.epoch_key, source, target], args=[self.epoch, count])
+        keys = [self.epoch_key, source, target, self.owners_key, self.alive_key]
+        args = [self.epoch, count, self.owner, alive_seconds()]
+        moved = self._script(MOVE)(keys=keys, args=args)
         if moved < 0:
             raise EpochChanged
         return moved

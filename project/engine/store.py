@@ -35,7 +35,13 @@ class Claimed:
 
 
 # Items of dead runners first (few, and waiting longest), then pending ones in order. A
-# runner never takes back an item it holds itself: its heartbeat may only be late.
+# runner never takes back an item it holds itself: its heartbeat may only be late. Items
+# that were held by runners that died twice or more are suspects (one may be what kills
+# its worker): they are claimed one at a time, by a runner that holds nothing else, so a
+# crash counts against the item that caused it and not against its neighbours.
+LAPSED = "status = 'running' AND lease_until < now() AND claimed_by <> %(owner)s"
+CLAIM_CONDITIONS = (f"{LAPSED} AND claims < 2", "status = 'pending'")
+SUSPECT_CONDITIONS = (f"{LAPSED} AND claims >= 2",)
 CLAIM_SQL = """
 UPDATE {table} SET status = 'running', claimed_by = %(owner)s, claims = claims + 1,
     lease_until = now() + make_interval(secs => %(lease)s)
@@ -46,23 +52,26 @@ WHERE id IN (
 )
 RETURNING id, key, attempts, claims, data
 """
-CLAIM_CONDITIONS = (
-    "status = 'running' AND lease_until < now() AND claimed_by <> %(owner)s",
-    "status = 'pending'",
-)
 
 
-def claim(job_id: int, owner: str, limit: int, lease: float) -> list[Claimed]:
-    """Claim up to `limit` claimable items for runner `owner`; every claim is counted."""
+def claim(
+    job_id: int, owner: str, limit: int, lease: float, suspects: bool = False
+) -> list[Claimed]:
+    """Claim up to `limit` claimable items for runner `owner`; every claim is counted.
+
+    With `suspects`, claim one item that was held by runners that died twice or more.
+    """
     if connection.vendor != "postgresql":
-        return _claim_orm(job_id, owner, limit, lease)
+        return _claim_orm(job_id, owner, 1 if suspects else limit, lease, suspects)
     rows = []
+    conditions = SUSPECT_CONDITIONS if suspects else CLAIM_CONDITIONS
+    limit = 1 if suspects else limit
     with transaction.atomic(), connection.cursor() as cursor:
         # A job's new items have no statistics yet; the planner then expects a handful
         # and sorts every pending item of the job to take the first few. Without bitmap
         # scans it walks jobitem_pending_idx in order and stops at LIMIT.
         cursor.execute("SET LOCAL enable_bitmapscan = off")
-        for condition in CLAIM_CONDITIONS:
+        for condition in conditions:
             params = {"owner": owner, "lease": lease, "job": job_id, "limit": limit - len(rows)}
             cursor.execute(CLAIM_SQL.format(table=TABLE, condition=condition), params)
             rows += cursor.fetchall()
@@ -71,13 +80,17 @@ def claim(job_id: int, owner: str, limit: int, lease: float) -> list[Claimed]:
     return [Claimed(i, k, a, c, _json(d)) for i, k, a, c, d in sorted(rows)]
 
 
-def _claim_orm(job_id: int, owner: str, limit: int, lease: float) -> list[Claimed]:
+def _claim_orm(job_id: int, owner: str, limit: int, lease: float, suspects: bool) -> list[Claimed]:
     now = timezone.now()
+    lapsed = Q(status=JobItem.Status.RUNNING, lease_until__lt=now) & ~Q(claimed_by=owner)
+    if suspects:
+        condition = lapsed & Q(claims__gte=2)
+    else:
+        condition = (lapsed & Q(claims__lt=2)) | Q(status=JobItem.Status.PENDING)
     with transaction.atomic():
         rows = list(
             JobItem.objects.filter(job_id=job_id)
-            .claimable(now)
-            .exclude(status=JobItem.Status.RUNNING, claimed_by=owner)
+            .filter(condition)
             .order_by("id")
             .select_for_update(skip_locked=True)
             .values_list("id", "key", "attempts", "claims", "data")[:limit]
