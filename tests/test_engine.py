@@ -244,6 +244,8 @@ def test_an_empty_job_finishes_at_once(transactional_db, redis_db):
         ({"items": 0}, "items"),
         ({"items": 10, "fail_rate": 2}, "fail_rate"),
         ({"items": 10, "limiter": "nope"}, "unknown rate limiter"),
+        ({"items": 10, "limiter": "openai"}, "'openai' is a production limiter"),
+        ({"items": 10, "limiter": "smtp"}, "may only use test limiters: test"),
     ],
 )
 def test_bad_parameters_are_refused_before_anything_is_written(db, params, message):
@@ -311,6 +313,37 @@ def test_live_figures_count_items_in_flight_and_failure_groups_come_from_counter
         }
     ]
     assert engine.live_figures(job).in_flight == 0
+
+
+def test_concurrent_retries_of_one_job_make_one_child(transactional_db, redis_db):
+    params = {"items": 20, "fail_rate": 1.0, "seed": 1}
+    job = engine.launch("sleep", params, keys=[str(i) for i in range(20)])
+    JobItem.objects.filter(job=job).update(status="failed", finished_at=job.created_at)
+    Job.objects.filter(pk=job.pk).update(failed=20, total=20)
+    job.refresh_from_db()
+    engine.finalize(job.pk)
+    job.refresh_from_db()
+    outcomes = []
+
+    def retry() -> None:
+        try:
+            outcomes.append(engine.retry_failed(job).pk)
+        except ValidationError as exc:
+            outcomes.append(exc.messages[0])
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=retry) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    children = list(job.retries.all())
+    assert len(children) == 1
+    assert children[0].total == 20
+    refusals = [o for o in outcomes if isinstance(o, str)]
+    assert len(refusals) == 2
+    assert all("is still running" in r for r in refusals)
 
 
 def test_retrying_a_job_without_failures_is_refused(transactional_db, redis_db):

@@ -22,6 +22,7 @@ import uuid
 import redis
 from django.conf import settings
 from django.db import close_old_connections, connections, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from project.engine import store
@@ -66,6 +67,7 @@ class Runner:
         self.active: dict[int, Unit] = {}  # units threads work on now (under self.lock)
         self.workers: list[threading.Thread] = []
         self.exhausted = False  # the last claim found nothing
+        self.idle_since: float | None = None
         self.isolating = False  # holds a suspect item, which runs alone (store.claim)
         self.next_claim = 0.0
         self.planning_done = job.planning_done
@@ -118,6 +120,11 @@ class Runner:
                 if not self.outstanding and (
                     self.stopping.is_set() or (self.exhausted and self.planning_done)
                 ):
+                    break
+                if self.idle_while_planning(now):
+                    # Give the worker back (the planner may need it); the planner's next
+                    # page enqueues a runner again.
+                    Job.objects.filter(pk=self.job.pk, chunks__gt=0).update(chunks=F("chunks") - 1)
                     break
                 if grace_ends is not None and now >= grace_ends:
                     log.warning(
@@ -189,6 +196,15 @@ class Runner:
                 unit = []
         if unit:
             self.backlog.put(Unit(unit))
+
+    def idle_while_planning(self, now: float) -> bool:
+        """Whether nothing has been claimable for a while, and the planner is not done."""
+        if self.outstanding or not self.exhausted or self.planning_done:
+            self.idle_since = None
+            return False
+        if self.idle_since is None:
+            self.idle_since = now
+        return now - self.idle_since >= 2
 
     def drop_backlog(self) -> list[Result]:
         """Units no thread has taken: they never started."""
