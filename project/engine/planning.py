@@ -18,7 +18,7 @@ from datetime import timedelta
 import django_rq
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -111,6 +111,8 @@ def add_items(job: Job, items: Iterable) -> int:
         more = max(0, chunks_wanted(total) - locked.chunks) if total else 0
         Job.objects.filter(pk=job.pk).update(total=F("total") + added, chunks=F("chunks") + more)
     job.total, job.chunks = total, locked.chunks + more
+    if stale_statistics(locked.total, total):
+        transaction.on_commit(analyze_items)
     if more:
         job_id, first = job.pk, locked.chunks == 0
         concurrency = job.concurrency
@@ -120,6 +122,18 @@ def add_items(job: Job, items: Iterable) -> int:
             robust=True,
         )
     return added
+
+
+def stale_statistics(before: int, after: int) -> bool:
+    """Whether a job's items grew past 10k, 100k, 1M...: the planner's statistics are off."""
+    return after >= 10_000 and len(str(after)) > len(str(before))
+
+
+def analyze_items() -> None:
+    """Refresh the items table's statistics (a new customer's first job fills it from 0)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(f"ANALYZE {JobItem._meta.db_table}")
 
 
 def enqueue_chunks(job_id: int, count: int, *, lay_out: bool = False, concurrency: int = 0) -> int:

@@ -80,7 +80,7 @@ def recover_job(job: Job, queued: set[str]) -> list[str]:
             orphaned = store.claimable(job.pk).select_for_update(skip_locked=True)
             ids = list(orphaned.values_list("id", flat=True))
             n = JobItem.objects.filter(id__in=ids).update(
-                status=JobItem.Status.CANCELLED, finished_at=Now()
+                status=JobItem.Status.CANCELLED, finished_at=Now(), lease_until=None
             )
             Job.objects.filter(pk=job.pk).update(cancelled=F("cancelled") + n)
     elif (

@@ -67,10 +67,7 @@ def claim(
     conditions = SUSPECT_CONDITIONS if suspects else CLAIM_CONDITIONS
     limit = 1 if suspects else limit
     with transaction.atomic(), connection.cursor() as cursor:
-        # A job's new items have no statistics yet; the planner then expects a handful
-        # and sorts every pending item of the job to take the first few. Without bitmap
-        # scans it walks jobitem_pending_idx in order and stops at LIMIT.
-        cursor.execute("SET LOCAL enable_bitmapscan = off")
+        probe_by_index(cursor)
         for condition in conditions:
             params = {"owner": owner, "lease": lease, "job": job_id, "limit": limit - len(rows)}
             cursor.execute(CLAIM_SQL.format(table=TABLE, condition=condition), params)
@@ -78,6 +75,21 @@ def claim(
             if len(rows) >= limit:
                 break
     return [Claimed(i, k, a, c, _json(d)) for i, k, a, c, d in sorted(rows)]
+
+
+def probe_by_index(cursor) -> None:
+    """Plan this transaction's statements as index probes, whatever the statistics say.
+
+    The engine's statements touch a few rows by id. On a table just filled (a new
+    customer's first job) the planner's statistics are missing or stale: it hashed the
+    whole items table for every claim and every write (0.1-20 s each), and sorted every
+    pending item of a job to take the first few. Nested loops over the primary key and
+    jobitem_pending_idx are right at any size.
+    """
+    cursor.execute(
+        "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; "
+        "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off"
+    )
 
 
 def _claim_orm(job_id: int, owner: str, limit: int, lease: float, suspects: bool) -> list[Claimed]:
@@ -109,9 +121,14 @@ def _json(value):
     return json.loads(value) if isinstance(value, str) else value
 
 
+# SKIP LOCKED: rows the runner's flush is writing right now (it finishes them) are left
+# alone, so the heartbeat and the flush never wait for each other in a deadlock.
 RENEW_SQL = """
 UPDATE {table} SET lease_until = now() + make_interval(secs => %s)
-WHERE job_id = %s AND status = 'running' AND claimed_by = %s
+WHERE id IN (
+    SELECT id FROM {table} WHERE job_id = %s AND status = 'running' AND claimed_by = %s
+    FOR UPDATE SKIP LOCKED
+)
 """
 
 
@@ -121,7 +138,8 @@ def renew(job_id: int, owner: str, lease: float) -> int:
         return JobItem.objects.filter(
             job_id=job_id, status=JobItem.Status.RUNNING, claimed_by=owner
         ).update(lease_until=timezone.now() + timedelta(seconds=lease))
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
+        probe_by_index(cursor)
         cursor.execute(RENEW_SQL.format(table=TABLE), [lease, job_id, owner])
         return cursor.rowcount
 
@@ -135,9 +153,13 @@ FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[], %s::flo
             %s::text[], %s::timestamptz[], %s::timestamptz[])
     AS v(id, status, attempts, error_type, error_message, duration_ms, result,
          started_at, finished_at)
-WHERE item.id = v.id AND item.claimed_by = %s AND item.status = 'running'
+WHERE item.id = v.id AND item.id = ANY(%s::bigint[])
+    AND item.claimed_by = %s AND item.lease_until IS NOT NULL
 RETURNING item.id
 """
+# "Still held" is `claimed_by = owner AND lease_until IS NOT NULL`: every way out of
+# `running` clears the lease. Not `status = 'running'`, which the planner, with statistics
+# gathered while nothing ran, used to scan every running item once per result.
 
 
 def write(results: list, owner: str) -> set[int]:
@@ -151,6 +173,7 @@ def write(results: list, owner: str) -> set[int]:
         return set()
     if connection.vendor != "postgresql":
         return _write_orm(results, owner)
+    results = sorted(results, key=lambda r: r.item_id)  # rows locked in one order everywhere
     columns = [
         [r.item_id for r in results],
         [r.status for r in results],
@@ -162,8 +185,14 @@ def write(results: list, owner: str) -> set[int]:
         [r.started_at for r in results],
         [r.finished_at for r in results],
     ]
-    with connection.cursor() as cursor:
-        cursor.execute(WRITE_SQL.format(table=TABLE), [*columns, owner])
+    with transaction.atomic(), connection.cursor() as cursor:
+        # The items by primary key (id = ANY), hashed against the results: with statistics
+        # that expect no running item, a nested loop walked the whole table per flush.
+        cursor.execute(
+            "SET LOCAL enable_nestloop = off; SET LOCAL enable_mergejoin = off; "
+            "SET LOCAL enable_seqscan = off"
+        )
+        cursor.execute(WRITE_SQL.format(table=TABLE), [*columns, columns[0], owner])
         return {row[0] for row in cursor.fetchall()}
 
 
