@@ -16,6 +16,8 @@ from django_rq.models import Dashboard
 from project import engine
 from project.models import Job, JobItem
 
+POLICY_FIELDS = ["stop_after_consecutive", "stop_failure_ratio", "stop_min_items"]
+
 
 class ModelAdmin(admin.ModelAdmin):
     """The project's ModelAdmin: a filter value the database refuses is a 400, not a 500.
@@ -66,6 +68,8 @@ class JobAdmin(ModelAdmin):
         "concurrency",
         "items_link",
         "planning_done",
+        "plan_cursor",
+        "chunks",
         "cancel_requested_at",
         "created_at",
         "started_at",
@@ -116,6 +120,8 @@ class JobAdmin(ModelAdmin):
             {
                 "fields": [
                     "planning_done",
+                    "plan_cursor",
+                    "chunks",
                     "created_at",
                     "started_at",
                     "finished_at",
@@ -129,6 +135,13 @@ class JobAdmin(ModelAdmin):
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False  # a job is launched through the engine, which also creates its items
+
+    def save_model(self, request, obj, form, change) -> None:
+        # Only the edited policy fields: writing back every column would overwrite the
+        # counters the engine changed since the form was loaded.
+        fields = [name for name in form.changed_data if name in POLICY_FIELDS]
+        if fields:
+            Job.objects.filter(pk=obj.pk).update(**{name: getattr(obj, name) for name in fields})
 
     def has_retry_permission(self, request) -> bool:
         return request.user.has_perm("project.add_job")

@@ -9,4 +9,11 @@ class ProjectConfig(AppConfig):
 
     def ready(self) -> None:
         # Job kinds register themselves on import; the synthetic `sleep` kind lives here.
-        from project import jobs  # noqa: F401
+        from importlib import import_module
+
+        from django.conf import settings
+
+        from project import sleep  # noqa: F401
+
+        for module in settings.BATCH_KIND_MODULES:
+            import_module(module)

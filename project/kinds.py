@@ -3,16 +3,22 @@
 Each app defines its kinds in `<app>/jobs.py` and registers them with `@register`. A kind
 names its parameters with a Django form, which parses the dashboard's POST and the command
 line's `--param key=value` strings the same way.
+
+The contract with the engine is at-least-once: an item runs again when its worker died
+before its result was recorded (the lease lapsed), so a kind makes each item's side effects
+idempotent, or claims them first in the database as `send_due_emails` does with each email.
+The engine itself counts every item exactly once.
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from django import forms
+from django.conf import settings
 
 if TYPE_CHECKING:
     from project.models import Job
@@ -29,11 +35,20 @@ class TransientError(Exception):
 
 
 class RateLimited(TransientError):
-    """The service said 429; `retry_after` seconds pause the whole limiter."""
+    """The service said 429: pause the limiter named `limiter` (default: the kind's).
 
-    def __init__(self, message: str = "rate limited", retry_after: float | None = None):
+    `retry_after` is the service's Retry-After in seconds, if it gave a number.
+    """
+
+    def __init__(
+        self,
+        message: str = "rate limited",
+        retry_after: float | None = None,
+        limiter: str | None = None,
+    ):
         super().__init__(message)
         self.retry_after = retry_after
+        self.limiter = limiter
 
 
 # Exception class names (from openai, httpx, smtplib, psycopg...) that mean "try again".
@@ -65,8 +80,12 @@ def is_transient(exc: BaseException) -> bool:
     return any(cls.__name__ in TRANSIENT_NAMES for cls in type(exc).__mro__)
 
 
+def is_rate_limited(exc: BaseException) -> bool:
+    return isinstance(exc, RateLimited) or getattr(exc, "status_code", None) == 429
+
+
 def retry_after(exc: BaseException) -> float | None:
-    """The Retry-After a 429 carried, if any (our RateLimited or an SDK's error with .response)."""
+    """The Retry-After a 429 carried, if numeric (our RateLimited or an SDK error's response)."""
     if isinstance(exc, RateLimited):
         return exc.retry_after
     if getattr(exc, "status_code", None) != 429:
@@ -78,13 +97,40 @@ def retry_after(exc: BaseException) -> float | None:
         return None
 
 
+def pause_seconds(exc: BaseException) -> float | None:
+    """How long a 429 pauses its limiter: its Retry-After, capped, or a default; else None."""
+    if not is_rate_limited(exc):
+        return None
+    wait = retry_after(exc)
+    if wait is None or wait != wait or wait < 0:  # absent, NaN or negative
+        wait = settings.BATCH_DEFAULT_RETRY_AFTER
+    return min(wait, settings.BATCH_MAX_RETRY_AFTER)
+
+
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One claimed item as a kind sees it; `attempt` counts from 1."""
+    """One claimed item as a kind sees it.
+
+    `attempt` counts from 1; `data` is what the planner stored with the item; `deadline`
+    is the time.monotonic() past which the engine fails the item as TimeoutError (a kind
+    sets its own I/O timeouts below it); `resource` is what the kind's `setup_thread`
+    made for the thread running it.
+    """
 
     id: int
     key: str
     attempt: int = 1
+    data: Any = None
+    deadline: float | None = None
+    resource: Any = None
+
+
+@dataclass
+class Page:
+    """One page of a planner: items (keys, or (key, data) pairs) and where to resume after."""
+
+    items: list
+    cursor: str = ""
 
 
 @dataclass
@@ -102,23 +148,50 @@ class JobKind:
     Item kinds implement `run_item` and run items concurrently in threads (I/O-bound work).
     Batch kinds set `batch_size` and implement `run_batch` (database-bound work where one
     query per item would be the bottleneck); there, the concurrency limit counts batches.
+
+    Items come from `item_keys` at launch (small, cheap lists), or from `plan`, which runs
+    as its own RQ task after launch, page by page, while the first items already run.
     """
 
     name: ClassVar[str]
     label: ClassVar[str]
     description: ClassVar[str] = ""
     form_class: ClassVar[type[forms.Form]] = forms.Form
-    limiter: ClassVar[str | None] = None  # rate limiter paused on a 429
+    limiter: ClassVar[str | None] = None  # the rate limiter a 429 pauses by default
     batch_size: ClassVar[int] = 0
     default_concurrency: ClassVar[int | None] = None
+    timeout: ClassVar[float | None] = None  # seconds an item may take; BATCH_ITEM_TIMEOUT
+    # The permission that shows a user this kind's jobs and items (their results may show
+    # more than job figures), and whether the dashboard's launch form offers the kind.
+    view_permission: ClassVar[str] = "project.view_job"
+    launch_from_dashboard: ClassVar[bool] = True
 
     def limiter_for(self, job: Job) -> str | None:
-        """The rate limiter a 429 pauses (by default the kind's `limiter`)."""
+        """The rate limiter a 429 pauses when the error does not name one."""
         return self.limiter
 
-    def item_keys(self, job: Job) -> Iterable[str]:
-        """The items to create at launch."""
+    def item_keys(self, job: Job) -> Iterable[str | tuple[str, Any]]:
+        """The items to create at launch: keys, or (key, data) pairs."""
         return []
+
+    def plan(self, job: Job, cursor: str) -> Iterator[Page]:
+        """Yield the job's items page by page, resuming after `cursor` ("" at the start).
+
+        Each page's items are stored with its cursor in one transaction, so a planner that
+        dies resumes after the last page stored; keys already in the job are ignored, so a
+        page may repeat. Kinds that plan override this.
+        """
+        raise TypeError(f"job kind {self.name!r} has no planner")
+
+    def has_planner(self) -> bool:
+        return type(self).plan is not JobKind.plan
+
+    def setup_thread(self, job: Job) -> Any:
+        """Make a per-thread resource (an HTTP client, say); items get it as item.resource."""
+        return None
+
+    def teardown_thread(self, job: Job, resource: Any) -> None:
+        """Close what setup_thread made, when the thread ends."""
 
     def run_item(self, job: Job, item: Item) -> Outcome | str | None:
         """Do one item; return its outcome (a str is a summary), raise to fail it."""

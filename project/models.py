@@ -1,7 +1,7 @@
 """Jobs and their items: the batch engine's source of truth.
 
 A Job is one run of a batch of a given kind; a JobItem is one unit of its work. Counters on
-the job are kept exact by the engine (project/engine.py) so pages never scan the items.
+the job are kept exact by the engine (project/engine/) so pages never scan the items.
 """
 
 from __future__ import annotations
@@ -14,17 +14,20 @@ from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
+ACTIVE_STATUSES = ["planning", "queued", "running"]
+
 
 class JobQuerySet(models.QuerySet):
     def active(self) -> JobQuerySet:
-        return self.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
+        return self.filter(status__in=ACTIVE_STATUSES)
 
     def finished(self) -> JobQuerySet:
-        return self.exclude(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
+        return self.exclude(status__in=ACTIVE_STATUSES)
 
 
 class Job(models.Model):
     class Status(models.TextChoices):
+        PLANNING = "planning"  # a planner is still adding items; they run meanwhile
         QUEUED = "queued"
         RUNNING = "running"
         SUCCEEDED = "succeeded"
@@ -57,6 +60,12 @@ class Job(models.Model):
 
     # False while a planner is still adding items; the job cannot finish before it is True.
     planning_done = models.BooleanField(default=True)
+    # Where a planner that died resumes (the kind's own cursor), and until when the planner
+    # running now holds the job (project/engine/planning.py).
+    plan_cursor = models.TextField(blank=True)
+    planner_lease_until = models.DateTimeField(null=True, blank=True)
+    # RQ jobs enqueued to run this job's items, at most BATCH_MAX_CHUNKS (plus recovery's).
+    chunks = models.PositiveIntegerField(default=0)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
 
     created_at = models.DateTimeField(default=timezone.now)
@@ -90,7 +99,7 @@ class Job(models.Model):
             models.Index(
                 fields=["status"],
                 name="job_active_idx",
-                condition=Q(status__in=["queued", "running"]),
+                condition=Q(status__in=ACTIVE_STATUSES),
             ),
             # Recent jobs, newest first.
             models.Index(fields=["-created_at"], name="job_created_idx"),
@@ -161,7 +170,7 @@ class Job(models.Model):
         return self.Status.SUCCEEDED
 
     def as_dict(self) -> dict:
-        """The final state as `run_job --json` prints it."""
+        """The job as `run_job --json` and `--detach` print it."""
         return {
             "id": self.pk,
             "kind": self.kind,
@@ -199,15 +208,21 @@ class JobItem(models.Model):
     # and every index costs a write per status change.
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="items", db_index=False)
     key = models.CharField(max_length=200)
+    # What the planner knew of the item (e.g. an AEP position); the kind reads it as item.data.
+    data = models.JSONField(null=True, blank=True)
     status = models.CharField(max_length=10, choices=Status, default=Status.PENDING)
     attempts = models.PositiveSmallIntegerField(default=0)
+    # Times a runner claimed it. An item claimed BATCH_MAX_ATTEMPTS times without a result
+    # (it kills its worker, say) fails instead of looping (project/engine/store.py).
+    claims = models.PositiveSmallIntegerField(default=0)
     error_type = models.CharField(max_length=100, blank=True)
     error_message = models.TextField(blank=True)
     duration_ms = models.FloatField(null=True, blank=True)
     result = models.CharField(max_length=300, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
-    # Which runner holds the item and until when (project/engine.py claims and renews).
+    # Which runner holds the item and until when (project/engine/store.py claims, the
+    # runner's heartbeat renews; both against the database clock).
     claimed_by = models.CharField(max_length=80, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
 

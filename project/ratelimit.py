@@ -4,6 +4,8 @@ Each limiter enforces requests per minute and weighted cost (tokens) per minute 
 (generic cell rate algorithm) in one Lua script, so the check-and-take is atomic across all
 processes and machines. The clock is Redis's own TIME, so workers need not agree on time.
 A 429 from the service pauses the whole limiter (`pause`), not just the one request.
+A caller acquires an estimated cost before a call and `settle`s the real usage after it,
+so tokens per minute follow what the service counted.
 """
 
 from __future__ import annotations
@@ -40,9 +42,23 @@ if tpm > 0 and cost > 0 then
   wait = math.max(wait, allow_at - now)
 end
 if wait > 0 then return tostring(wait) end
-if new_req then redis.call('SET', KEYS[1], new_req, 'EX', 120) end
-if new_tok then redis.call('SET', KEYS[2], new_tok, 'EX', 120) end
+-- A key lives while it holds debt (a TAT in the future), and a minute more.
+if new_req then redis.call('SET', KEYS[1], new_req, 'EX', math.ceil(new_req - now) + 60) end
+if new_tok then redis.call('SET', KEYS[2], new_tok, 'EX', math.ceil(new_tok - now) + 60) end
 return '0'
+"""
+
+# KEYS: cost TAT.  ARGV: tpm, cost difference (actual - estimated).  A call's real usage
+# replaces the estimate it acquired: more debt, or a refund that never reaches below now.
+SETTLE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tpm, diff = tonumber(ARGV[1]), tonumber(ARGV[2])
+if tpm <= 0 or diff == 0 then return '0' end
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+tat = math.max(tat + diff * 60 / tpm, now)
+redis.call('SET', KEYS[1], tat, 'EX', math.ceil(tat - now) + 60)
+return tostring(tat - now)
 """
 
 PAUSE = """
@@ -86,6 +102,11 @@ class RateLimiter:
             if deadline is not None and time.monotonic() + wait > deadline:
                 raise TimeoutError(f"rate limiter {self.name!r} busy for {wait:.1f} s")
             time.sleep(min(wait, 1.0))
+
+    def settle(self, estimated: float, actual: float) -> None:
+        """Replace a call's estimated cost with what it really used (tokens from `usage`)."""
+        script = get_redis().register_script(SETTLE)
+        script(keys=self.keys[1:2], args=[self.tpm, actual - estimated])
 
     def pause(self, seconds: float) -> float:
         """Stop every worker's requests through this limiter for `seconds` (a 429's Retry-After)."""

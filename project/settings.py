@@ -145,6 +145,8 @@ RQ_QUEUES = {
     "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 3600},
 }
 RQ_SHOW_ADMIN_LINK = True
+# Stock `rqworker` / `rqworker-pool` then also run the engine's recovery (engine/worker.py).
+RQ = {"WORKER_CLASS": "project.engine.worker.BatchWorker"}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -200,20 +202,27 @@ else:
     MAILERS = {"default": {"BACKEND": "django.core.mail.backends.console.EmailBackend"}}
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", "outreach@example.com")
 
-# The batch engine (project/engine.py).
+# The batch engine (project/engine/).
 BATCH_QUEUE = env("BATCH_QUEUE", "default")
-# A job is split into at most BATCH_MAX_CHUNKS RQ jobs (so that many workers can share it) of
-# at least BATCH_CHUNK_SIZE items (so fast items don't pay for many chunk starts).
+# A job gets at most BATCH_MAX_CHUNKS runners (RQ jobs, so that many workers can share it),
+# one per BATCH_CHUNK_SIZE items (so a small job does not start many).
 BATCH_CHUNK_SIZE = env_int("BATCH_CHUNK_SIZE", 500)
 BATCH_MAX_CHUNKS = env_int("BATCH_MAX_CHUNKS", 16)
 BATCH_MAX_THREADS = env_int("BATCH_MAX_THREADS", 64)  # threads one worker gives one job
 BATCH_LEASE_SECONDS = env_float("BATCH_LEASE_SECONDS", 30)  # a dead worker's items return after
-BATCH_SWEEP_SECONDS = env_float("BATCH_SWEEP_SECONDS", 5)
-BATCH_MAX_ATTEMPTS = env_int("BATCH_MAX_ATTEMPTS", 4)
+BATCH_ALIVE_SECONDS = env_float("BATCH_ALIVE_SECONDS", 5)  # a dead worker's slots return after
+BATCH_SWEEP_SECONDS = env_float("BATCH_SWEEP_SECONDS", 5)  # how often recovery runs
+BATCH_MAX_ATTEMPTS = env_int("BATCH_MAX_ATTEMPTS", 4)  # tries of a transient failure, claims
 BATCH_RETRY_BASE_SECONDS = env_float("BATCH_RETRY_BASE_SECONDS", 0.5)
 BATCH_RETRY_MAX_SECONDS = env_float("BATCH_RETRY_MAX_SECONDS", 30)
+BATCH_ITEM_TIMEOUT = env_float("BATCH_ITEM_TIMEOUT", 300)  # a kind's `timeout` overrides it
+BATCH_MAX_RETRY_AFTER = env_float("BATCH_MAX_RETRY_AFTER", 60)  # cap on a 429's Retry-After
+BATCH_DEFAULT_RETRY_AFTER = env_float("BATCH_DEFAULT_RETRY_AFTER", 5)  # a 429 without one
+BATCH_SHUTDOWN_GRACE = env_float("BATCH_SHUTDOWN_GRACE", 20)  # on SIGTERM, for running items
 BATCH_DEFAULT_CONCURRENCY = env_int("BATCH_DEFAULT_CONCURRENCY", 20)
 BATCH_MAX_CONCURRENCY = env_int("BATCH_MAX_CONCURRENCY", 500)
+# Extra modules of job kinds to register (the test suite's fault-injecting kinds).
+BATCH_KIND_MODULES = [m for m in env("BATCH_KIND_MODULES").split(",") if m]
 
 # Named rate limits shared by every worker through Redis (project/ratelimit.py):
 # requests per minute and weighted cost (e.g. tokens) per minute; 0 means unlimited.
@@ -224,6 +233,8 @@ RATE_LIMITS = {
     },
     "front": {"rpm": env_int("FRONT_RPM", 100), "tpm": 0},
     "smtp": {"rpm": env_int("SMTP_RPM", 600), "tpm": 0},
+    # For the synthetic `sleep` kind, which may name only limiters marked "test".
+    "test": {"rpm": env_int("TEST_RPM", 600), "tpm": env_int("TEST_TPM", 0), "test": True},
 }
 
 OPENAI_API_KEY = env("OPENAI_API_KEY")

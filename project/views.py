@@ -73,7 +73,7 @@ def view_permission(kind_name: str) -> str:
         kind = get_kind(kind_name)
     except KeyError:
         return DEFAULT_VIEW_PERMISSION
-    return getattr(kind, "view_permission", DEFAULT_VIEW_PERMISSION)
+    return kind.view_permission
 
 
 def _visible(user, jobs: QuerySet[Job]) -> QuerySet[Job]:
@@ -105,7 +105,7 @@ def _get_kind(name: str) -> JobKind:
         kind = get_kind(name)
     except KeyError:
         raise Http404(f"No job kind {name!r}") from None
-    if not getattr(kind, "launch_from_dashboard", True):
+    if not kind.launch_from_dashboard:
         raise Http404(f"{name!r} jobs are not launched from the dashboard")
     return kind
 
@@ -201,8 +201,7 @@ def _render_home(request: HttpRequest, failed_form: LaunchForm | None = None, st
         launch_forms = [
             failed_form if failed_form and failed_form.kind is kind else LaunchForm(kind)
             for kind in all_kinds()
-            if getattr(kind, "launch_from_dashboard", True)
-            and request.user.has_perm(view_permission(kind.name))
+            if kind.launch_from_dashboard and request.user.has_perm(view_permission(kind.name))
         ]
     context = {**_jobs_context(request), "launch_forms": launch_forms}
     return render(request, "project/home.html", context, status=status)

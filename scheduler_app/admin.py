@@ -8,7 +8,7 @@ from django.utils.html import format_html
 from project import engine
 from project.admin import ModelAdmin
 from project.models import Job
-from scheduler_app.jobs import schedule_keys
+from scheduler_app.jobs import schedule_items
 from scheduler_app.models import Contact, ContactImport, Organization, ScheduledEmail
 
 
@@ -51,7 +51,7 @@ class ContactAdmin(ModelAdmin):
         job = engine.launch(
             "schedule_emails",
             {"today": today},
-            keys=schedule_keys(queryset, today),
+            keys=schedule_items(queryset, today),
             source=Job.Source.ADMIN,
             user=request.user,
         )

@@ -71,5 +71,5 @@ def load_demo() -> str:
         job = engine.launch("schedule_emails", {}, source=Job.Source.SCHEDULE)
     return (
         f"scheduler: {len(organizations)} organizations, {CONTACTS:,} contacts; "
-        f"schedule_emails job #{job.pk} queued"
+        f"schedule_emails job #{job.pk} planning (the workers run it)"
     )

@@ -6,13 +6,13 @@ their pending emails, delete the stale ones, insert the new ones) instead of tho
 
 AEP positions. A contact's AEP week depends on its position among the run's *eligible*
 contacts in ascending id, but batches run concurrently on several workers, so no batch can
-count the eligible contacts before it. Positions are therefore fixed at launch:
-`schedule_keys` makes one streaming pass over (id, state, birth_date, effective_date) in id
-order, counts eligible contacts as it goes, and writes each item key as
-"<contact id>:<position>". A batch reads its positions from its keys. A contact that is not
-eligible at launch gets the position the next eligible contact gets; it is only used if an
-edit made the contact eligible between launch and run. A retry of failed items keeps the
-positions of the original run.
+count the eligible contacts before it. Positions are therefore fixed by the planner
+(`ScheduleEmailsKind.plan`), which runs after launch as its own task: pages of contacts in
+id order, counting eligible contacts as it goes, each item keyed by the contact id with
+{"position": n} as its data; the cursor "<last id>:<position>" lets a planner that died
+resume. A contact that is not eligible when planned gets the position the next eligible
+contact gets; it is only used if an edit made the contact eligible before its batch ran. A
+retry of failed items keeps the positions of the original run.
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ from datetime import date, timedelta
 from functools import lru_cache
 
 import redis
+from django.conf import settings
 from django.core.mail import EmailMessage
 from django.db import connection, transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from project.kinds import Item, JobKind, Outcome, PermanentError, TransientError, register
+from project.kinds import Item, JobKind, Outcome, Page, PermanentError, TransientError, register
 from project.models import Job
 from project.ratelimit import get_limiter
 from scheduler_app import importer, rules
@@ -38,6 +39,7 @@ from scheduler_app.forms import ImportJobForm, ScheduleForm, SendForm, parse_id_
 from scheduler_app.models import Contact, ContactImportPart, ScheduledEmail
 
 INSERT_BATCH = 5000
+PLAN_PAGE = 10_000  # contacts a planner page reads and adds
 
 
 def horizon_end(today: date) -> date:
@@ -45,18 +47,34 @@ def horizon_end(today: date) -> date:
     return today + timedelta(days=rules.HORIZON_DAYS - 1)
 
 
-def schedule_keys(contacts: QuerySet[Contact], today: date) -> Iterator[str]:
-    """Item keys "<id>:<position>" of the contacts in ascending id (see the module docstring)."""
-    position = 0
-    rows = contacts.order_by("id").values_list("id", "state", "birth_date", "effective_date")
-    for contact_id, state, birth_date, effective_date in rows.iterator(chunk_size=5000):
-        yield f"{contact_id}:{position}"
-        try:
-            data = rules.parse_contact(state, birth_date, effective_date, today)
-        except rules.RuleError:
-            continue
-        if rules.is_eligible(data):
-            position += 1
+def schedule_pages(
+    contacts: QuerySet[Contact], today: date, cursor: str = "", page_size: int = PLAN_PAGE
+) -> Iterator[Page]:
+    """Pages of items (contact id, {"position": n}) in ascending id, after `cursor`."""
+    last_id, _, position = cursor.partition(":")
+    last_id, position = int(last_id or 0), int(position or 0)
+    fields = ("id", "state", "birth_date", "effective_date")
+    while True:
+        rows = list(contacts.filter(id__gt=last_id).order_by("id").values_list(*fields)[:page_size])
+        if not rows:
+            return
+        items = []
+        for contact_id, state, birth_date, effective_date in rows:
+            items.append((str(contact_id), {"position": position}))
+            try:
+                data = rules.parse_contact(state, birth_date, effective_date, today)
+            except rules.RuleError:
+                continue
+            if rules.is_eligible(data):
+                position += 1
+        last_id = rows[-1][0]
+        yield Page(items, f"{last_id}:{position}")
+
+
+def schedule_items(contacts: QuerySet[Contact], today: date) -> Iterator[tuple[str, dict]]:
+    """Every item of `schedule_pages` (the admin action launches a selection with these)."""
+    for page in schedule_pages(contacts, today):
+        yield from page.items
 
 
 def contacts_of(params: dict) -> QuerySet[Contact]:
@@ -87,8 +105,10 @@ class ScheduleEmailsKind(JobKind):
     batch_size = 500
     default_concurrency = 4
 
-    def item_keys(self, job: Job) -> Iterable[str]:
-        return schedule_keys(contacts_of(job.params), date.fromisoformat(job.params["today"]))
+    def plan(self, job: Job, cursor: str) -> Iterator[Page]:
+        return schedule_pages(
+            contacts_of(job.params), date.fromisoformat(job.params["today"]), cursor
+        )
 
     def run_batch(self, job: Job, items: list[Item]) -> dict[str, Outcome | Exception]:
         """Schedule a batch of contacts: one query to read, then NewEmails.save() writes.
@@ -102,9 +122,9 @@ class ScheduleEmailsKind(JobKind):
         today = date.fromisoformat(job.params["today"])
         keys, positions = {}, {}
         for item in items:
-            contact_id, _, position = item.key.partition(":")
-            keys[int(contact_id)] = item.key
-            positions[int(contact_id)] = int(position or 0)
+            contact_id = int(item.key)
+            keys[contact_id] = item.key
+            positions[contact_id] = (item.data or {}).get("position", 0)
         rows = Contact.objects.filter(id__in=keys).values_list(
             "id", "state", "birth_date", "effective_date"
         )
@@ -333,16 +353,23 @@ class SendDueEmailsKind(JobKind):
     def run_item(self, job: Job, item: Item) -> Outcome:
         """Send one email at most once.
 
-        1. Claim it with a conditional UPDATE; if another sender holds it, or it is no longer
-           pending, skip it.
-        2. Wait for the shared SMTP rate limiter, render the template and send.
-        3. Mark it sent. A transient failure releases the claim for the engine's retry; a
+        1. Wait for the shared SMTP rate limiter.
+        2. Claim the email with a conditional UPDATE; if another sender holds it, or it is no
+           longer pending, skip it. A claim older than the lease is a sender that died
+           before it recorded anything: it is taken over, so the email goes out later
+           rather than never (the engine re-runs the item once its lease lapses).
+        3. Render the template and send.
+        4. Mark it sent. A transient failure releases the claim for the engine's retry; a
            permanent one marks the email failed with the error.
         """
+        get_limiter("smtp").acquire()
         now = timezone.now()
-        claimed = ScheduledEmail.objects.filter(
-            pk=item.key, status=ScheduledEmail.Status.PENDING, claimed_at__isnull=True
-        ).update(claimed_at=now)
+        abandoned = now - timedelta(seconds=settings.BATCH_LEASE_SECONDS)
+        claimed = (
+            ScheduledEmail.objects.filter(pk=item.key, status=ScheduledEmail.Status.PENDING)
+            .filter(Q(claimed_at__isnull=True) | Q(claimed_at__lt=abandoned))
+            .update(claimed_at=now)
+        )
         if not claimed:
             return Outcome("skipped", "already claimed or no longer pending")
         email = ScheduledEmail.objects.select_related("contact__organization").get(pk=item.key)
@@ -352,7 +379,6 @@ class SendDueEmailsKind(JobKind):
             return Outcome("skipped", "contact has no email address")
         try:
             subject, body = render_email(email)
-            get_limiter("smtp").acquire()
             # Reference: https://docs.djangoproject.com/en/6.1/topics/email/#emailmessage-objects
             # The default mailer of settings.MAILERS (console locally, SMTP when EMAIL_HOST is set).
             if not EmailMessage(subject, body, to=[address]).send():

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.urls import reverse
@@ -90,7 +91,11 @@ class ScheduledEmailQuerySet(models.QuerySet):
         return self.filter(status=ScheduledEmail.Status.PENDING)
 
     def due(self, on_or_before: date) -> ScheduledEmailQuerySet:
-        return self.pending().filter(send_date__lte=on_or_before, claimed_at__isnull=True)
+        """Pending emails to send by a day: unclaimed, or claimed by a sender that died."""
+        abandoned = timezone.now() - timedelta(seconds=settings.BATCH_LEASE_SECONDS)
+        return self.pending().filter(
+            Q(claimed_at__isnull=True) | Q(claimed_at__lt=abandoned), send_date__lte=on_or_before
+        )
 
 
 class ScheduledEmail(models.Model):

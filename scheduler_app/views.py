@@ -236,7 +236,9 @@ def schedule_launch(request: HttpRequest) -> HttpResponse:
         except ValidationError as exc:
             form.add_error(None, exc)
         else:
-            messages.success(request, f"Scheduling emails for {job.total:,} contacts.")
+            messages.success(
+                request, f"Job #{job.pk} is planning its contacts and scheduling them."
+            )
             return redirect("job", job.pk)
     status = 400 if form.errors else 200
     return render(request, "scheduler_app/schedule_launch.html", {"form": form}, status=status)

@@ -13,6 +13,7 @@ from django.db import connection
 
 from project.connections import get_redis
 from project.management.commands.run_workers import worker_command
+from tests import kinds  # noqa: F401  (fault-injecting kinds, also in the workers)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,7 +54,9 @@ def worker_env(**overrides) -> dict[str, str]:
         REDIS_URL=settings.REDIS_URL,
         SECRET_KEY=settings.SECRET_KEY,
         BATCH_LEASE_SECONDS="3",
+        BATCH_ALIVE_SECONDS="2",
         BATCH_SWEEP_SECONDS="1",
+        BATCH_KIND_MODULES="tests.kinds",
         BATCH_RETRY_BASE_SECONDS="0.05",
         BATCH_RETRY_MAX_SECONDS="0.5",
         PYTHONUNBUFFERED="1",

@@ -9,8 +9,12 @@ from project.connections import get_redis
 from project.models import Job
 
 
-def wait_for_job(job: Job, timeout: float = 90, sweep: bool = True) -> Job:
-    """Poll until the job finishes, running the engine's sweeper as a supervisor would."""
+def wait_for_job(job: Job, timeout: float = 90, sweep: bool = False) -> Job:
+    """Poll until the job finishes; with `sweep`, also run recovery from the test process.
+
+    The workers recover dead workers' jobs themselves, so tests leave `sweep` off unless
+    they run no worker that could.
+    """
     deadline = time.monotonic() + timeout
     next_sweep = 0.0
     while time.monotonic() < deadline:

@@ -8,11 +8,13 @@ import threading
 from datetime import timedelta
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.db import connections, transaction
 from django.db.models import Count
 
 from project import engine
 from project.connections import get_redis
+from project.engine.execute import failure
 from project.models import Job, JobItem
 from tests.helpers import wait_for_job, wait_until
 
@@ -64,8 +66,8 @@ def test_the_global_concurrency_limit_holds_across_two_worker_processes(workers,
 
 def test_the_rate_limiter_holds_its_rate_across_two_worker_processes(workers):
     rate_per_s = 10
-    workers(2, SMTP_RPM=rate_per_s * 60)
-    job = engine.launch("sleep", {"items": 50, "latency_ms": 0, "limiter": "smtp"}, concurrency=10)
+    workers(2, TEST_RPM=rate_per_s * 60)
+    job = engine.launch("sleep", {"items": 50, "latency_ms": 0, "limiter": "test"}, concurrency=10)
     job = wait_for_job(job)
     # Items take 0 ms once the limiter lets them go, so finished_at is when it did.
     starts = sorted(JobItem.objects.filter(job=job).values_list("finished_at", flat=True))
@@ -242,23 +244,25 @@ def test_an_empty_job_finishes_at_once(transactional_db, redis_db):
         ({"items": 0}, "items"),
         ({"items": 10, "fail_rate": 2}, "fail_rate"),
         ({"items": 10, "limiter": "nope"}, "unknown rate limiter"),
+        ({"items": 10, "limiter": "openai"}, "'openai' is a production limiter"),
+        ({"items": 10, "limiter": "smtp"}, "may only use test limiters: test"),
     ],
 )
 def test_bad_parameters_are_refused_before_anything_is_written(db, params, message):
-    with pytest.raises(engine.ValidationError) as exc:
+    with pytest.raises(ValidationError) as exc:
         engine.launch("sleep", params)
     assert message in " ".join(exc.value.messages)
     assert not Job.objects.exists()
 
 
 def test_a_429_with_retry_after_pauses_the_whole_limiter(workers):
-    workers(2, SMTP_RPM=60_000)
+    workers(2, TEST_RPM=60_000)
     params = {
         "items": 20,
         "latency_ms": 0,
         "fail_rate": 0.5,
         "failure": "rate_limited",
-        "limiter": "smtp",
+        "limiter": "test",
         "seed": 2,
     }
     job = wait_for_job(engine.launch("sleep", params, concurrency=4))
@@ -311,15 +315,46 @@ def test_live_figures_count_items_in_flight_and_failure_groups_come_from_counter
     assert engine.live_figures(job).in_flight == 0
 
 
+def test_concurrent_retries_of_one_job_make_one_child(transactional_db, redis_db):
+    params = {"items": 20, "fail_rate": 1.0, "seed": 1}
+    job = engine.launch("sleep", params, keys=[str(i) for i in range(20)])
+    JobItem.objects.filter(job=job).update(status="failed", finished_at=job.created_at)
+    Job.objects.filter(pk=job.pk).update(failed=20, total=20)
+    job.refresh_from_db()
+    engine.finalize(job.pk)
+    job.refresh_from_db()
+    outcomes = []
+
+    def retry() -> None:
+        try:
+            outcomes.append(engine.retry_failed(job).pk)
+        except ValidationError as exc:
+            outcomes.append(exc.messages[0])
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=retry) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    children = list(job.retries.all())
+    assert len(children) == 1
+    assert children[0].total == 20
+    refusals = [o for o in outcomes if isinstance(o, str)]
+    assert len(refusals) == 2
+    assert all("is still running" in r for r in refusals)
+
+
 def test_retrying_a_job_without_failures_is_refused(transactional_db, redis_db):
     job = engine.launch("sleep", {"items": 1}, keys=[])
     job.refresh_from_db()
-    with pytest.raises(engine.ValidationError, match="no failed items"):
+    with pytest.raises(ValidationError, match="no failed items"):
         engine.retry_failed(job)
 
 
 def test_an_error_message_with_a_nul_byte_is_stored_readably():
-    result = engine.Runner.failure(1, ValueError("bad\x00byte"), 1, None, 0.0, None)
+    result = failure(1, ValueError("bad\x00byte"), 1)
     assert result.error_message == "bad\\x00byte"
 
 

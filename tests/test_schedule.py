@@ -13,6 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from project import engine
+from project.engine.planning import run_planner
 from project.kinds import Item, PermanentError, get_kind
 from project.models import Job, JobItem
 from scheduler_app.models import Contact, Organization, ScheduledEmail
@@ -42,7 +43,7 @@ def emails_of(c: Contact, status: str | None = None) -> list[tuple[str, str]]:
 def run_in_process(job: Job) -> dict:
     """Run a launched job's items through the kind in this process, in claim order."""
     kind = get_kind(job.kind)
-    items = [Item(i.pk, i.key) for i in JobItem.objects.filter(job=job).order_by("id")]
+    items = [Item(i.pk, i.key, data=i.data) for i in JobItem.objects.filter(job=job).order_by("id")]
     outcomes = {}
     for start in range(0, len(items), kind.batch_size):
         outcomes.update(kind.run_batch(job, items[start : start + kind.batch_size]))
@@ -50,7 +51,12 @@ def run_in_process(job: Job) -> dict:
 
 
 def schedule(today: str, **params) -> Job:
-    return engine.launch("schedule_emails", {"today": today, **params})
+    """Launch a schedule run and plan its items here (a worker's planner task would)."""
+    job = engine.launch("schedule_emails", {"today": today, **params})
+    assert job.status == Job.Status.PLANNING
+    run_planner(job.pk)
+    job.refresh_from_db()
+    return job
 
 
 # The spec's worked examples, grouped by run date. Contacts are created in this order, so their
@@ -117,8 +123,8 @@ def test_the_spec_worked_examples_run_by_two_workers_produce_exactly_the_spec_em
         JobItem.objects.filter(job=june, status="failed").values_list("key", "error_message")
     )
     assert errors == {
-        f"{zz.pk}:2": "state: 'ZZ' is not a US state code",
-        f"{future.pk}:2": "birth_date: '2025-07-01' is after today (2025-06-01)",
+        f"{zz.pk}": "state: 'ZZ' is not a US state code",
+        f"{future.pk}": "birth_date: '2025-07-01' is after today (2025-06-01)",
     }
     assert not ScheduledEmail.objects.filter(contact__in=[zz, future]).exists()
     ny = JobItem.objects.get(job=january, status="skipped")
@@ -290,5 +296,8 @@ def test_the_demo_loads_varied_contacts_once_and_schedules_them(db):
     assert {"CA", "NV", "MO", "IL", "KY", "NY", "TX", "FL"} <= states
     assert Contact.objects.filter(birth_date__isnull=True).exists()
     job = Job.objects.get()
-    assert (job.kind, job.source, job.total) == ("schedule_emails", Job.Source.SCHEDULE, 1500)
+    assert (job.kind, job.source, job.status) == ("schedule_emails", "schedule", "planning")
+    run_planner(job.pk)  # as a worker would
+    job.refresh_from_db()
+    assert job.total == 1500
     assert f"job #{job.pk}" in first and "already" in second

@@ -14,6 +14,7 @@ from django.core.files.uploadhandler import FileUploadHandler
 from django.urls import reverse
 from django.utils import timezone
 
+from project.engine.planning import run_planner
 from project.kinds import Item, get_kind
 from project.models import Job
 from scheduler_app.models import Contact, ContactImport, Organization, ScheduledEmail
@@ -269,12 +270,18 @@ def test_launching_a_run_from_the_schedule_page_redirects_to_its_job(client, ope
     assert form.status_code == 200
     job = Job.objects.get()
     assert response.status_code == 302 and response.url == reverse("job", args=[job.pk])
-    assert (job.kind, job.source, job.started_by, job.total) == (
+    # The launch returns at once: a worker's planner adds the contacts.
+    assert (job.kind, job.source, job.started_by, job.status) == (
         "schedule_emails",
         Job.Source.DASHBOARD,
         operator,
-        1,
+        "planning",
     )
+    run_planner(job.pk)
+    job.refresh_from_db()
+    assert job.total == 1
+    page = client.get(reverse("job", args=[job.pk]))
+    assert page.status_code == 200
     assert job.params == {"organization": "Acme Health", "today": "2025-03-01"}
     assert refused.status_code == 400
     assert "there is no organization named &#x27;Nope&#x27;" in refused.content.decode()

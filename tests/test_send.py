@@ -15,6 +15,7 @@ from email import message_from_bytes, policy
 
 import pytest
 from django.core import mail
+from django.utils import timezone
 
 from project import engine
 from project.kinds import Item, PermanentError, TransientError, get_kind
@@ -293,3 +294,23 @@ def test_sent_messages_are_well_formed_mime(db, redis_db, smtp_mailer):
     assert rcpts == ["ann@example.com"]
     assert message["Subject"] == "Medicare Annual Enrollment starts October 15, Ann"
     assert message["To"] == "ann@example.com"
+
+
+def test_a_claim_whose_sender_died_is_taken_over_after_the_lease(db, redis_db, settings):
+    settings.BATCH_LEASE_SECONDS = 30
+    email = due_email("ann@example.com")
+    job = send_job()
+    # A sender claimed it 10 s ago and is still (as far as anyone knows) sending it.
+    ScheduledEmail.objects.filter(pk=email.pk).update(
+        claimed_at=timezone.now() - timedelta(seconds=10)
+    )
+    assert run_item(job, email).status == "skipped"
+    assert mail.outbox == []
+    # 31 s ago: the lease lapsed, so that sender died before recording anything.
+    ScheduledEmail.objects.filter(pk=email.pk).update(
+        claimed_at=timezone.now() - timedelta(seconds=31)
+    )
+    assert ScheduledEmail.objects.due(TODAY).filter(pk=email.pk).exists()
+    assert run_item(job, email, attempt=2).status == "succeeded"
+    assert [m.to for m in mail.outbox] == [["ann@example.com"]]
+    assert ScheduledEmail.objects.get(pk=email.pk).status == "sent"

@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from project import engine
+from project.engine.live import failure_key
 from project.models import Job, JobItem
 
 HX = {"HTTP_HX_REQUEST": "true"}
@@ -38,7 +39,7 @@ def fail_items(job: Job, keys, error_type="PermanentError", message="boom") -> N
         status=JobItem.Status.FAILED, error_type=error_type, error_message=message, attempts=1
     )
     job.refresh_from_db()
-    group = engine.failure_key(job, error_type, message)
+    group = failure_key(job, error_type, message)
     job.failure_counts[group] = job.failure_counts.get(group, 0) + failed
     Job.objects.filter(pk=job.pk).update(failure_counts=job.failure_counts)
 

@@ -3,6 +3,8 @@
     python manage.py run_job sleep --param items=2000 --param latency_ms=200 \
         --concurrency 50 --wait
 
+With --detach it prints the new job as JSON (the keys of --json) and exits 0 at once.
+
 Exit status: 0 when every item succeeded, 1 when any failed or the job failed or was
 cancelled, 2 for bad arguments.
 """
@@ -59,6 +61,11 @@ class Command(BaseCommand):
         parser.add_argument("--stop-failure-ratio", type=float, metavar="R")
         parser.add_argument("--wait", action="store_true", help="follow the job to its end")
         parser.add_argument("--json", action="store_true", help="print the final state as JSON")
+        parser.add_argument(
+            "--detach",
+            action="store_true",
+            help="print the job as JSON right after launch and exit 0",
+        )
 
     def handle(self, *args, **options):
         params = parse_params(options["param"])
@@ -75,8 +82,18 @@ class Command(BaseCommand):
             raise CommandError(exc.args[0], returncode=2) from None
         except ValidationError as exc:
             raise CommandError("bad parameters: " + "; ".join(exc.messages), returncode=2) from None
+        if options["detach"]:
+            self.stdout.write(json.dumps(job.as_dict()))
+            return
         out = sys.stderr if options["json"] else self.stdout
-        out.write(f"job #{job.pk} {job.kind}: {job.total:,} items, concurrency {job.concurrency}\n")
+        if job.status == Job.Status.PLANNING:
+            out.write(
+                f"job #{job.pk} {job.kind}: planning its items, concurrency {job.concurrency}\n"
+            )
+        else:
+            out.write(
+                f"job #{job.pk} {job.kind}: {job.total:,} items, concurrency {job.concurrency}\n"
+            )
         if options["wait"] or options["json"]:
             job = self.follow(job, out)
             out.write(job.summary + "\n")

@@ -1,4 +1,9 @@
-"""Run RQ worker processes for every queue, plus the engine's sweeper, in the foreground."""
+"""Run RQ worker processes for every queue in the foreground, restarting any that exit.
+
+The workers recover dead workers' jobs themselves (project/engine/worker.py), so this is a
+plain supervisor: the stock `rqworker` / `rqworker-pool` under systemd or Kubernetes work
+as well.
+"""
 
 from __future__ import annotations
 
@@ -9,39 +14,50 @@ import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
-from django.db import close_old_connections
 
-from project import engine
+# A worker that lived less than this was failing to start (Redis down, say): back off.
+HEALTHY_SECONDS = 10
+MAX_BACKOFF_SECONDS = 30
 
 
 def worker_command(queues: list[str]) -> list[str]:
     """The command line of one RQ worker process (also used by the tests)."""
-    # SimpleWorker runs each chunk in the worker process itself: no fork per chunk, and
-    # killing the worker kills its work (the engine's leases then hand the items on).
+    # SimpleBatchWorker runs each chunk in the worker process itself: no fork per chunk,
+    # and killing the worker kills its work (the engine's leases then hand the items on).
     return [
         sys.executable,
         "-m",
         "django",
         "rqworker",
         "--worker-class",
-        "rq.worker.SimpleWorker",
+        "project.engine.worker.SimpleBatchWorker",
         "--verbosity",
         "0",
         *queues,
     ]
 
 
+class Slot:
+    """One worker process and when to restart it."""
+
+    def __init__(self):
+        self.process: subprocess.Popen | None = None
+        self.started = 0.0
+        self.failures = 0
+        self.restart_at = 0.0
+
+
 class Supervisor:
-    """Keeps N worker processes alive and sweeps every BATCH_SWEEP_SECONDS until stopped."""
+    """Keeps N worker processes alive, restarting a failing one with exponential backoff."""
 
     def __init__(self, workers: int, stdout=None):
-        self.count = workers
+        self.slots = [Slot() for _ in range(workers)]
         self.stdout = stdout or sys.stdout
-        self.children: list[subprocess.Popen] = []
         self.stopping = False
 
-    def spawn(self) -> subprocess.Popen:
-        return subprocess.Popen(worker_command(list(settings.RQ_QUEUES)))
+    def spawn(self, slot: Slot) -> None:
+        slot.process = subprocess.Popen(worker_command(list(settings.RQ_QUEUES)))
+        slot.started = time.monotonic()
 
     def stop(self, *_args) -> None:
         self.stopping = True
@@ -49,46 +65,53 @@ class Supervisor:
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
-        self.children = [self.spawn() for _ in range(self.count)]
+        for slot in self.slots:
+            self.spawn(slot)
         self.stdout.write(
-            f"{self.count} workers on queues {', '.join(settings.RQ_QUEUES)}; Ctrl-C stops them\n"
+            f"{len(self.slots)} workers on queues {', '.join(settings.RQ_QUEUES)}; "
+            "Ctrl-C stops them\n"
         )
-        next_sweep = 0.0
         try:
             while not self.stopping:
-                for i, child in enumerate(self.children):
-                    if child.poll() is not None:
-                        self.stdout.write(
-                            f"worker {child.pid} exited ({child.returncode}); restarting\n"
-                        )
-                        self.children[i] = self.spawn()
-                if time.monotonic() >= next_sweep:
-                    self.sweep()
-                    next_sweep = time.monotonic() + settings.BATCH_SWEEP_SECONDS
+                for slot in self.slots:
+                    self.check(slot)
                 time.sleep(0.2)
         finally:
-            for child in self.children:
-                if child.poll() is None:
-                    child.terminate()
-            deadline = time.monotonic() + 10
-            for child in self.children:
-                try:
-                    child.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    child.kill()
+            self.stop_all()
 
-    def sweep(self) -> None:
-        try:
-            for line in engine.sweep():
-                self.stdout.write(f"sweep: {line}\n")
-        except Exception as exc:  # a database or Redis outage: try again next round
-            self.stdout.write(f"sweep failed: {type(exc).__name__}: {exc}\n")
-        finally:
-            close_old_connections()
+    def check(self, slot: Slot) -> None:
+        now = time.monotonic()
+        if slot.process is None:
+            if now >= slot.restart_at:
+                self.spawn(slot)
+            return
+        if slot.process.poll() is None:
+            return
+        lived = now - slot.started
+        slot.failures = 0 if lived >= HEALTHY_SECONDS else slot.failures + 1
+        delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2**slot.failures) if slot.failures else 0
+        self.stdout.write(
+            f"worker {slot.process.pid} exited ({slot.process.returncode}) after {lived:.1f} s; "
+            f"restarting in {delay:.1f} s\n"
+        )
+        slot.process = None
+        slot.restart_at = now + delay
+
+    def stop_all(self) -> None:
+        # SIGTERM: each worker's runner gives back unstarted items and records the rest.
+        running = [s.process for s in self.slots if s.process and s.process.poll() is None]
+        for process in running:
+            process.terminate()
+        deadline = time.monotonic() + settings.BATCH_SHUTDOWN_GRACE + 5
+        for process in running:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 class Command(BaseCommand):
-    help = "Run WORKERS RQ worker processes and the batch engine's sweeper until Ctrl-C."
+    help = "Run WORKERS RQ worker processes until Ctrl-C, restarting any that exit."
 
     def add_arguments(self, parser):
         parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")

@@ -1,0 +1,51 @@
+"""RQ worker classes that also run the engine's recovery: no special supervisor needed.
+
+settings.RQ["WORKER_CLASS"] names BatchWorker, so the stock django-rq commands
+(`rqworker`, `rqworker-pool`), however they are started (systemd, Kubernetes,
+supervisord), recover dead workers' jobs: while idle, a worker wakes every
+BATCH_SWEEP_SECONDS and sweeps (guarded in Redis, so one sweep runs at a time anywhere).
+On SIGTERM the work horse is told too, so a runner gives back what it has not started and
+records what it finished before the worker exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+
+from django.conf import settings
+from django.db import connections
+from rq.worker import SimpleWorker, Worker
+
+from project.engine import recovery
+
+
+class RecoveryMixin:
+    @property
+    def dequeue_timeout(self) -> int:
+        # Wake from the blocking dequeue often enough to sweep.
+        return max(1, min(super().dequeue_timeout, math.ceil(settings.BATCH_SWEEP_SECONDS)))
+
+    def heartbeat(self, timeout=None, pipeline=None):
+        super().heartbeat(timeout, pipeline=pipeline)
+        if pipeline is None:
+            recovery.sweep_if_due()
+            # A forking worker must not hand its database connection to the next horse.
+            connections.close_all()
+
+
+class BatchWorker(RecoveryMixin, Worker):
+    """The default worker (a forked work horse per chunk), with recovery."""
+
+    def handle_warm_shutdown_request(self):
+        super().handle_warm_shutdown_request()
+        if self.horse_pid:
+            # The runner in the horse gives back unstarted items and flushes (runner.py).
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.horse_pid, signal.SIGTERM)
+
+
+class SimpleBatchWorker(RecoveryMixin, SimpleWorker):
+    """Runs chunks in the worker process itself (what `run_workers` starts), with recovery."""
