@@ -101,12 +101,14 @@ def launch(
     return job
 
 
-def add_items(job: Job, items: Iterable) -> int:
+def add_items(job: Job, items: Iterable, *, analyze: bool = False) -> int:
     """Add items (keys, or (key, data) pairs) to an unfinished job; return how many are new.
 
     Keys already in the job are ignored. The job's total grows by an atomic UPDATE, and
-    more runners are enqueued on commit, up to BATCH_MAX_CHUNKS for the job. Raises
-    ValidationError for a job that has finished.
+    more runners are enqueued on commit, up to BATCH_MAX_CHUNKS for the job. With
+    `analyze` (the planner task, off the web request), the items table's statistics are
+    refreshed as the job grows past 10k, 100k... items. Raises ValidationError for a job
+    that has finished.
     """
     with transaction.atomic():
         added = store.insert(job.pk, items)
@@ -118,7 +120,7 @@ def add_items(job: Job, items: Iterable) -> int:
         more = max(0, chunks_wanted(total) - locked.chunks) if total else 0
         Job.objects.filter(pk=job.pk).update(total=F("total") + added, chunks=F("chunks") + more)
     job.total, job.chunks = total, locked.chunks + more
-    if stale_statistics(locked.total, total):
+    if analyze and stale_statistics(locked.total, total):
         transaction.on_commit(analyze_items)
     if more:
         job_id, first = job.pk, locked.chunks == 0
@@ -211,7 +213,7 @@ def run_planner(job_id: int) -> None:
             if stopped:  # cancelled meanwhile
                 return
             with transaction.atomic():
-                add_items(job, page.items)
+                add_items(job, page.items, analyze=True)
                 Job.objects.filter(pk=job_id).update(
                     plan_cursor=page.cursor, planner_lease_until=Now() + lease
                 )

@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 
 import redis
 from django.conf import settings
@@ -68,6 +69,7 @@ class Runner:
         self.workers: list[threading.Thread] = []
         self.exhausted = False  # the last claim found nothing
         self.idle_since: float | None = None
+        self.settled_log: deque[tuple[float, int]] = deque()  # (when, how many) flushed
         self.isolating = False  # holds a suspect item, which runs alone (store.claim)
         self.next_claim = 0.0
         self.planning_done = job.planning_done
@@ -169,8 +171,11 @@ class Runner:
             if self.outstanding:
                 return  # a suspect runs alone
             self.isolating = False
-        want = self.threads * self.unit_size * 2 - self.backlog.qsize() * self.unit_size
-        if want < max(1, self.threads * self.unit_size // 2):
+        # Enough for every thread twice, or for half a second at the rate items settle here
+        # (fast items: fewer, bigger claims and flushes), whichever is more.
+        enough = max(self.threads * self.unit_size * 2, min(2000, int(self.rate(now) / 2)))
+        want = enough - self.backlog.qsize() * self.unit_size
+        if want < max(1, enough // 4):
             return
         rows = store.claim(self.job.pk, self.owner, want, self.lease)
         if not rows and not self.outstanding:
@@ -196,6 +201,12 @@ class Runner:
                 unit = []
         if unit:
             self.backlog.put(Unit(unit))
+
+    def rate(self, now: float) -> float:
+        """Items per second this runner settled over the last two seconds."""
+        while self.settled_log and self.settled_log[0][0] < now - 2:
+            self.settled_log.popleft()
+        return sum(n for _, n in self.settled_log) / 2
 
     def idle_while_planning(self, now: float) -> bool:
         """Whether nothing has been claimable for a while, and the planner is not done."""
@@ -295,6 +306,7 @@ class Runner:
             job.save(update_fields=COUNTER_FIELDS)
         for item_id in by_id:
             del self.outstanding[item_id]
+        self.settled_log.append((time.monotonic(), len(by_id)))
         record_latency(job.pk, [r.duration_ms for r in kept if r.duration_ms is not None])
         if job.planning_done and job.settled >= job.total:
             finalize(job.pk)

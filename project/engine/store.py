@@ -66,7 +66,7 @@ def claim(
     rows = []
     conditions = SUSPECT_CONDITIONS if suspects else CLAIM_CONDITIONS
     limit = 1 if suspects else limit
-    with transaction.atomic(), connection.cursor() as cursor:
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
         probe_by_index(cursor)
         for condition in conditions:
             params = {"owner": owner, "lease": lease, "job": job_id, "limit": limit - len(rows)}
@@ -138,7 +138,7 @@ def renew(job_id: int, owner: str, lease: float) -> int:
         return JobItem.objects.filter(
             job_id=job_id, status=JobItem.Status.RUNNING, claimed_by=owner
         ).update(lease_until=timezone.now() + timedelta(seconds=lease))
-    with transaction.atomic(), connection.cursor() as cursor:
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
         probe_by_index(cursor)
         cursor.execute(RENEW_SQL.format(table=TABLE), [lease, job_id, owner])
         return cursor.rowcount
@@ -185,7 +185,7 @@ def write(results: list, owner: str) -> set[int]:
         [r.started_at for r in results],
         [r.finished_at for r in results],
     ]
-    with transaction.atomic(), connection.cursor() as cursor:
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
         # The items by primary key (id = ANY), hashed against the results: with statistics
         # that expect no running item, a nested loop walked the whole table per flush.
         cursor.execute(
