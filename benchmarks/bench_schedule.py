@@ -194,6 +194,9 @@ def main() -> None:
     parser.add_argument("--today", type=date.fromisoformat, default=date(2025, 3, 1))
     parser.add_argument("--keep", action="store_true", help="keep the bench data afterwards")
     parser.add_argument("--fresh", action="store_true", help="re-create the bench database first")
+    parser.add_argument(
+        "--launch-only", action="store_true", help="time the launch alone (no workers), then cancel"
+    )
     args = parser.parse_args()
 
     state = "freshly created" if args.fresh else "warm"
@@ -206,6 +209,21 @@ def main() -> None:
 
     if Contact.objects.exclude(organization__name__startswith="bench-").exists():
         raise SystemExit(f"{BENCH_DB} holds other contacts; the runs cover every contact")
+    if args.launch_only:
+        launches = []
+        for _ in range(5):
+            begin = time.perf_counter()
+            job = engine.launch("schedule_emails", {"today": args.today})
+            launches.append(time.perf_counter() - begin)
+            engine.cancel(job)
+        print(
+            f"launch over {args.contacts:,} contacts: "
+            + ", ".join(f"{t * 1000:.0f} ms" for t in launches)
+            + f" (status {job.status} at return; a planner adds the items)"
+        )
+        if not args.keep:
+            remove_bench_data()
+        return
     workers = None if args.no_workers else start_workers(args.workers)
     others = live_workers() - (0 if args.no_workers else args.workers)
     if others:
