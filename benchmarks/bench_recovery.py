@@ -19,6 +19,7 @@ port 6390 started here), with the default lease (BATCH_LEASE_SECONDS, 30 s):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -74,6 +75,25 @@ def session(fleet: str) -> subprocess.Popen:
     )
 
 
+def descendants(pid: int) -> list[int]:
+    """A process and all its descendants (an RQ work horse starts a session of its own)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        children = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(current)], capture_output=True, text=True
+        ).stdout.split()
+        todo += [int(child) for child in children]
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    for each in descendants(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(each, signal.SIGKILL)
+
+
 def max_overlap(intervals) -> int:
     events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
     current = peak = 0
@@ -110,7 +130,7 @@ def main() -> None:
         time.sleep(1)
         if args.scenario == "kill":
             held = running.count()
-            os.killpg(sessions[0].pid, signal.SIGKILL)
+            kill_tree(sessions[0].pid)
             sessions[0].wait()
             event = time.monotonic()
             print(f"killed session 1 ({fleet}); {held} items were claimed")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -156,6 +157,25 @@ def start_pool(env) -> subprocess.Popen:
     )
 
 
+def descendants(pid: int) -> list[int]:
+    """A process and all its descendants (an RQ work horse starts a session of its own)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        children = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(current)], capture_output=True, text=True
+        ).stdout.split()
+        todo += [int(child) for child in children]
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    for each in descendants(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(each, signal.SIGKILL)
+
+
 def test_stock_rqworker_pool_sessions_recover_from_a_killed_session(transactional_db, redis_db):
     env = worker_env()
     sessions = [start_pool(env), start_pool(env)]
@@ -172,7 +192,7 @@ def test_stock_rqworker_pool_sessions_recover_from_a_killed_session(transactiona
             ),
             timeout=60,
         )
-        os.killpg(sessions[0].pid, signal.SIGKILL)
+        kill_tree(sessions[0].pid)  # the pool, its worker and the worker's horse
         sessions[0].wait()
         job = wait_for_job(job, timeout=120)  # no sweeping from here: the survivor recovers
     finally:
