@@ -364,3 +364,14 @@ def test_saving_a_running_job_in_the_admin_keeps_the_counters_the_engine_wrote(
     assert response.status_code == 302
     job.refresh_from_db()
     assert (job.succeeded, job.status, job.stop_after_consecutive) == (2, "running", 5)
+
+
+def test_a_job_whose_kind_is_gone_fails_instead_of_looping(workers):
+    workers(1)
+    job = engine.launch("sleep", {"items": 3}, keys=["a", "b", "c"])
+    Job.objects.filter(pk=job.pk).update(kind="retired_kind")
+    job = wait_for_job(job, timeout=30)
+    assert job.status == Job.Status.FAILED
+    assert "unknown job kind 'retired_kind'" in job.error
+    assert job.cancelled == 3
+    assert_counters_match_items(job)

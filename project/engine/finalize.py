@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 
 import redis
-from django.db import connection
+from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from project.connections import get_redis
+from project.engine import store
 from project.engine.live import failure_key, latency_key
 from project.engine.slots import Slots
 from project.kinds import get_kind
@@ -69,6 +71,19 @@ def cancel_pending(job_id: int) -> int:
     return JobItem.objects.filter(job_id=job_id, status=JobItem.Status.PENDING).update(
         status=JobItem.Status.CANCELLED, finished_at=timezone.now()
     )
+
+
+def fail_job(job_id: int, error: str) -> None:
+    """Fail a job as a whole (its kind is gone, say): cancel what is left and finish it."""
+    with transaction.atomic():
+        Job.objects.select_for_update().get(pk=job_id)
+        left = store.claimable(job_id).update(
+            status=JobItem.Status.CANCELLED, finished_at=timezone.now(), lease_until=None
+        )
+        Job.objects.filter(pk=job_id, finished_at__isnull=True).update(
+            error=error[:2000], planning_done=True, cancelled=F("cancelled") + left
+        )
+    finalize(job_id)
 
 
 PERCENTILES_SQL = """

@@ -18,7 +18,7 @@ from django.db.models.functions import Now
 
 from project.connections import get_redis
 from project.engine import store
-from project.engine.finalize import finalize
+from project.engine.finalize import fail_job, finalize
 from project.engine.planning import chunks_wanted, enqueue_chunks, enqueue_planner, get_queue
 from project.engine.slots import Slots
 from project.kinds import get_kind
@@ -68,6 +68,12 @@ def recover_job(job: Job, queued: set[str]) -> list[str]:
     5. Enqueue runners when items wait, none is queued, and no runner is alive.
     """
     actions = []
+    try:
+        get_kind(job.kind)
+    except KeyError as exc:
+        # Its code is gone (a test kind, a removed feature): runners could never run it.
+        fail_job(job.pk, f"{exc.args[0]}: the job cannot run here")
+        return ["failed: its kind is not registered"]
     slots = Slots(job.pk, job.concurrency, "")
     try:
         returned = slots.reclaim_dead()

@@ -28,7 +28,14 @@ from django.utils import timezone
 
 from project.engine import store
 from project.engine.execute import UNSTARTED, Executor, Result, Unit, failure
-from project.engine.finalize import COUNTER_FIELDS, cancel_pending, count, finalize, stop_reason
+from project.engine.finalize import (
+    COUNTER_FIELDS,
+    cancel_pending,
+    count,
+    fail_job,
+    finalize,
+    stop_reason,
+)
 from project.engine.heartbeat import Heartbeat
 from project.engine.live import record_latency
 from project.engine.slots import SlotPool, Slots
@@ -412,4 +419,9 @@ def run_chunk(job_id: int) -> None:
         Job.objects.filter(pk=job_id, started_at__isnull=True).update(started_at=timezone.now())
         Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(status=Job.Status.RUNNING)
         job.refresh_from_db()
-    Runner(job, get_kind(job.kind)).run()
+    try:
+        kind = get_kind(job.kind)
+    except KeyError as exc:
+        fail_job(job.pk, f"{exc.args[0]}: the job cannot run here")
+        return
+    Runner(job, kind).run()
