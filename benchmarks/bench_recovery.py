@@ -19,7 +19,6 @@ port 6390 started here), with the default lease (BATCH_LEASE_SECONDS, 30 s):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import subprocess
@@ -75,34 +74,6 @@ def session(fleet: str) -> subprocess.Popen:
     )
 
 
-def descendants(pid: int) -> list[int]:
-    """A process and all its descendants (an RQ work horse starts a session of its own)."""
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        children = subprocess.run(
-            ["ps", "-o", "pid=", "--ppid", str(current)], capture_output=True, text=True
-        ).stdout.split()
-        todo += [int(child) for child in children]
-    return found
-
-
-def kill_tree(pid: int) -> None:
-    for each in descendants(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(each, signal.SIGKILL)
-
-
-def max_overlap(intervals) -> int:
-    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
-    current = peak = 0
-    for _, delta in events:
-        current += delta
-        peak = max(peak, current)
-    return peak
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=["kill", "redis"])
@@ -118,6 +89,7 @@ def main() -> None:
 
     from project import engine
     from project.models import Job, JobItem
+    from tests.helpers import kill_tree, max_overlap
 
     fleet = args.fleet if args.scenario == "kill" else "run_workers"
     sessions = [session(fleet), session(fleet)]

@@ -161,7 +161,8 @@ class Job(models.Model):
     def final_status(self) -> str:
         if self.error:
             return self.Status.FAILED
-        if self.cancel_requested_at:
+        # A cancel that came after every item had run cancelled nothing: the job ran to its end.
+        if self.cancel_requested_at and self.cancelled:
             return self.Status.CANCELLED
         if self.failed and not self.succeeded and not self.skipped:
             return self.Status.FAILED

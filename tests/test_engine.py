@@ -16,7 +16,7 @@ from project import engine
 from project.connections import get_redis
 from project.engine.execute import failure
 from project.models import Job, JobItem
-from tests.helpers import wait_for_job, wait_until
+from tests.helpers import max_overlap, wait_for_job, wait_until
 
 MAX_ATTEMPTS = 4  # settings.BATCH_MAX_ATTEMPTS, which the workers inherit
 
@@ -30,16 +30,6 @@ def expected_sleep_outcome(seed: int, key: str, fail_rate: float, transient: boo
         if not transient:
             return "failed", 1
     return "failed", MAX_ATTEMPTS
-
-
-def max_overlap(intervals) -> int:
-    """The most intervals open at one instant (an end at t closes before a start at t)."""
-    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    current = peak = 0
-    for _, delta in events:
-        current += delta
-        peak = max(peak, current)
-    return peak
 
 
 def assert_counters_match_items(job: Job) -> None:

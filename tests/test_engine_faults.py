@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -24,8 +23,14 @@ from project.kinds import JobKind, RateLimited, get_kind
 from project.models import Job, JobItem
 from project.ratelimit import get_limiter
 from tests.conftest import ROOT, worker_env
-from tests.helpers import wait_for_job, wait_until
-from tests.test_engine import assert_counters_match_items, max_overlap
+from tests.helpers import (
+    kill_tree,
+    max_overlap,
+    runners_holding_items,
+    wait_for_job,
+    wait_until,
+)
+from tests.test_engine import assert_counters_match_items
 
 
 def items_of(job: Job) -> dict[str, JobItem]:
@@ -157,41 +162,12 @@ def start_pool(env) -> subprocess.Popen:
     )
 
 
-def descendants(pid: int) -> list[int]:
-    """A process and all its descendants (an RQ work horse starts a session of its own)."""
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        children = subprocess.run(
-            ["ps", "-o", "pid=", "--ppid", str(current)], capture_output=True, text=True
-        ).stdout.split()
-        todo += [int(child) for child in children]
-    return found
-
-
-def kill_tree(pid: int) -> None:
-    for each in descendants(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(each, signal.SIGKILL)
-
-
 def test_stock_rqworker_pool_sessions_recover_from_a_killed_session(transactional_db, redis_db):
     env = worker_env()
     sessions = [start_pool(env), start_pool(env)]
     try:
         job = engine.launch("sleep", {"items": 600, "latency_ms": 100}, concurrency=20)
-        # Both sessions hold items.
-        wait_until(
-            lambda: (
-                JobItem.objects.filter(job=job, status="running")
-                .values("claimed_by")
-                .distinct()
-                .count()
-                >= 2
-            ),
-            timeout=60,
-        )
+        wait_until(lambda: runners_holding_items(job) >= 2, timeout=60)
         kill_tree(sessions[0].pid)  # the pool, its worker and the worker's horse
         sessions[0].wait()
         job = wait_for_job(job, timeout=120)  # no sweeping from here: the survivor recovers
@@ -210,16 +186,7 @@ def test_a_dead_runners_slots_come_back_long_before_its_lease(workers, settings)
     lease = 20
     procs = workers(2, BATCH_LEASE_SECONDS=lease)
     job = engine.launch("sleep", {"items": 2500, "latency_ms": 100}, concurrency=10)
-    wait_until(
-        lambda: (
-            JobItem.objects.filter(job=job, status="running")
-            .values("claimed_by")
-            .distinct()
-            .count()
-            >= 2
-        ),
-        timeout=30,
-    )
+    wait_until(lambda: runners_holding_items(job) >= 2, timeout=30)
     killed_at = store.db_now()
     procs[0].send_signal(signal.SIGKILL)
     procs[0].wait()
