@@ -219,6 +219,7 @@ BATCH_ITEM_TIMEOUT = env_float("BATCH_ITEM_TIMEOUT", 300)  # a kind's `timeout` 
 BATCH_MAX_RETRY_AFTER = env_float("BATCH_MAX_RETRY_AFTER", 60)  # cap on a 429's Retry-After
 BATCH_DEFAULT_RETRY_AFTER = env_float("BATCH_DEFAULT_RETRY_AFTER", 5)  # a 429 without one
 BATCH_SHUTDOWN_GRACE = env_float("BATCH_SHUTDOWN_GRACE", 20)  # on SIGTERM, for running items
+BATCH_WORKER_NICE = env_int("BATCH_WORKER_NICE", 10)  # workers' CPU priority below the web's
 BATCH_DEFAULT_CONCURRENCY = env_int("BATCH_DEFAULT_CONCURRENCY", 20)
 BATCH_MAX_CONCURRENCY = env_int("BATCH_MAX_CONCURRENCY", 500)
 # Extra modules of job kinds to register (the test suite's fault-injecting kinds).

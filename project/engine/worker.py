@@ -23,6 +23,14 @@ from project.engine import recovery
 
 
 class RecoveryMixin:
+    def work(self, *args, **kwargs):
+        # Batch work yields the CPU to the dashboard and the database on a shared machine:
+        # the web process keeps its priority, workers run at BATCH_WORKER_NICE.
+        if settings.BATCH_WORKER_NICE:
+            with contextlib.suppress(OSError):
+                os.nice(settings.BATCH_WORKER_NICE)
+        return super().work(*args, **kwargs)
+
     @property
     def dequeue_timeout(self) -> int:
         # Wake from the blocking dequeue often enough to sweep.
