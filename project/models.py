@@ -187,15 +187,6 @@ class Job(models.Model):
         }
 
 
-class JobItemQuerySet(models.QuerySet):
-    def claimable(self, now=None) -> JobItemQuerySet:
-        """Items no live worker holds: pending, or running under an expired lease."""
-        now = now or timezone.now()
-        return self.filter(
-            Q(status=JobItem.Status.PENDING) | Q(status=JobItem.Status.RUNNING, lease_until__lt=now)
-        )
-
-
 class JobItem(models.Model):
     class Status(models.TextChoices):
         PENDING = "pending"
@@ -226,8 +217,6 @@ class JobItem(models.Model):
     # runner's heartbeat renews; both against the database clock).
     claimed_by = models.CharField(max_length=80, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
-
-    objects = JobItemQuerySet.as_manager()
 
     class Meta:
         ordering = ["id"]

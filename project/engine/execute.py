@@ -58,7 +58,6 @@ class Unit:
     id: int = field(default_factory=lambda: next(_unit_ids))
     deadline: float | None = None  # time.monotonic(); set when it first gets a slot
     holds_slot: bool = False
-    timed_out: bool = False
     thread: threading.Thread | None = None
     attempts: dict[int, int] = field(default_factory=dict)  # item id -> attempts so far
 

@@ -22,7 +22,7 @@ from collections import deque
 
 import redis
 from django.conf import settings
-from django.db import close_old_connections, connections, transaction
+from django.db import connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -66,7 +66,7 @@ class Runner:
             Slots(job.pk, job.concurrency, self.owner),
             job.concurrency,
             self.stopping,
-            lambda: held_elsewhere(job.pk, self.owner),
+            lambda: store.held_elsewhere(job.pk, self.owner),
         )
         self.executor = Executor(job, kind, self.pool, self.stopping, self.shutdown)
         self.heartbeat = Heartbeat(job.pk, self.owner, self.pool)
@@ -255,7 +255,6 @@ class Runner:
             ]
             for unit in lost:
                 del self.active[unit.id]
-                unit.timed_out = True
         for unit in lost:
             alive = unit.thread is not None and unit.thread.is_alive()
             if alive:
@@ -393,18 +392,6 @@ class Runner:
             return
         if signal.getsignal(signal.SIGTERM) is getattr(self, "sigterm_handler", None):
             signal.signal(signal.SIGTERM, previous)
-
-
-def held_elsewhere(job_id: int, owner: str) -> int:
-    """Items of the job other runners hold under a live lease (they may be running)."""
-    close_old_connections()
-    return (
-        JobItem.objects.filter(
-            job_id=job_id, status=JobItem.Status.RUNNING, lease_until__gte=store.db_now()
-        )
-        .exclude(claimed_by=owner)
-        .count()
-    )
 
 
 def run_chunk(job_id: int) -> None:

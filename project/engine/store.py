@@ -284,11 +284,15 @@ def claimable(job_id: int):
     )
 
 
-def held_under_lease(job_id: int) -> int:
-    """Items some runner holds under a live lease: they may be running right now."""
-    return JobItem.objects.filter(
-        job_id=job_id, status=JobItem.Status.RUNNING, lease_until__gte=db_now()
-    ).count()
+def held_elsewhere(job_id: int, owner: str) -> int:
+    """Items other runners hold under a live lease: they may be running right now."""
+    return (
+        JobItem.objects.filter(
+            job_id=job_id, status=JobItem.Status.RUNNING, lease_until__gte=db_now()
+        )
+        .exclude(claimed_by=owner)
+        .count()
+    )
 
 
 def db_now():
