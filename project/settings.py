@@ -241,6 +241,10 @@ RATE_LIMITS = {
 OPENAI_API_KEY = env("OPENAI_API_KEY")
 OPENAI_BASE_URL = env("OPENAI_BASE_URL") or None
 OPENAI_MODEL = env("OPENAI_MODEL", "gpt-4o-mini")
+OPENAI_TIMEOUT = env_float("OPENAI_TIMEOUT", 60)  # seconds per call
+# USD per million tokens, for the estimated cost in job tallies (gpt-4o-mini's list price).
+OPENAI_PRICE_INPUT = env_float("OPENAI_PRICE_INPUT", 0.15)
+OPENAI_PRICE_OUTPUT = env_float("OPENAI_PRICE_OUTPUT", 0.60)
 FRONT_API_TOKEN = env("FRONT_API_TOKEN")
 FRONT_BASE_URL = env("FRONT_BASE_URL", "https://api2.frontapp.com")
 

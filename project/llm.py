@@ -1,0 +1,171 @@
+"""The OpenAI client, shared by the inbox scanner and the daily briefs.
+
+Any OpenAI-compatible server works: set OPENAI_BASE_URL. Every call goes through the shared
+`openai` rate limiter: it acquires an estimate of the call's tokens first and settles the
+usage the response reports after, so tokens per minute follow what the service counted.
+The SDK's own retries are off; the engine retries transient failures with backoff, and a
+429 pauses the limiter for every worker (RateLimited).
+
+Model output is data: with a JSON schema, a reply that is not JSON or does not match the
+schema raises InvalidOutput, and nothing of it is returned.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+import openai
+from django.conf import settings
+
+from project.kinds import RateLimited, TransientError
+from project.ratelimit import get_limiter
+
+LIMITER = "openai"
+CHARS_PER_TOKEN = 4  # a fair average for English prose; tiktoken needs an online download
+
+_clients: dict[tuple, openai.OpenAI] = {}
+_clients_lock = threading.Lock()
+
+
+class InvalidOutput(TransientError):
+    """The model's reply was not JSON matching the schema (asking again may fix it)."""
+
+
+@dataclass
+class Reply:
+    """A model's answer: its text, the parsed JSON when a schema was given, and its cost."""
+
+    content: str
+    data: Any
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency: float
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def enabled() -> bool:
+    """Whether an API key is configured (the features fall back to rules or templates)."""
+    return bool(settings.OPENAI_API_KEY)
+
+
+def client() -> openai.OpenAI:
+    """The process's client, built on first use (it pools HTTP connections across threads)."""
+    config = (settings.OPENAI_API_KEY, settings.OPENAI_BASE_URL, settings.OPENAI_TIMEOUT)
+    with _clients_lock:
+        if config not in _clients:
+            _clients[config] = openai.OpenAI(
+                api_key=config[0] or "unset",
+                base_url=config[1],
+                timeout=config[2],
+                max_retries=0,
+            )
+        return _clients[config]
+
+
+def estimate_tokens(text: str) -> int:
+    return len(text) // CHARS_PER_TOKEN + 1
+
+
+def trim(text: str, max_tokens: int) -> str:
+    """Cut text to about `max_tokens`, keeping its start (where a thread's oldest message is)."""
+    limit = max_tokens * CHARS_PER_TOKEN
+    if len(text) <= limit:
+        return text
+    return text[:limit] + "\n[... trimmed ...]"
+
+
+def chat(
+    messages: list[dict[str, str]],
+    *,
+    schema: dict | None = None,
+    max_tokens: int = 800,
+    timeout: float | None = None,
+) -> Reply:
+    """Ask the model; with `schema`, return its reply parsed and validated against it.
+
+    Raises RateLimited on a 429 (which pauses the limiter for everyone), the SDK's errors
+    for the rest (the engine retries timeouts and 5xx), InvalidOutput for a reply that
+    breaks the schema.
+    """
+    limiter = get_limiter(LIMITER)
+    estimate = sum(estimate_tokens(m["content"]) for m in messages) + max_tokens
+    limiter.acquire(estimate, timeout=timeout)
+    options: dict[str, Any] = {}
+    if schema is not None:
+        options["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "result", "strict": True, "schema": schema},
+        }
+    started = time.monotonic()
+    try:
+        # Reference: https://platform.openai.com/docs/api-reference/chat/create
+        response = client().chat.completions.create(
+            model=settings.OPENAI_MODEL,
+            messages=messages,
+            max_tokens=max_tokens,
+            timeout=timeout or settings.OPENAI_TIMEOUT,
+            **options,
+        )
+    except openai.RateLimitError as exc:
+        limiter.settle(estimate, 0)  # a refused call used no tokens
+        raise RateLimited(
+            f"OpenAI rate limit: {exc.message}", retry_after=_retry_after(exc), limiter=LIMITER
+        ) from exc
+    except openai.APIError:
+        limiter.settle(estimate, 0)
+        raise
+    except ValueError as exc:  # the SDK lets a body that is not JSON through as it is
+        limiter.settle(estimate, 0)
+        raise InvalidOutput(f"the service's response is not JSON: {exc}") from None
+    latency = time.monotonic() - started
+    usage = response.usage
+    prompt = usage.prompt_tokens if usage else estimate - max_tokens
+    completion = usage.completion_tokens if usage else 0
+    limiter.settle(estimate, prompt + completion)
+    if not response.choices:
+        raise InvalidOutput("the model returned no choices")
+    content = response.choices[0].message.content or ""
+    data = None
+    if schema is not None:
+        data = parse(content, schema)
+    model = response.model or settings.OPENAI_MODEL
+    return Reply(content, data, model, prompt, completion, latency)
+
+
+def parse(content: str, schema: dict) -> Any:
+    """The reply as JSON, if it matches `schema`; else InvalidOutput."""
+    try:
+        data = json.loads(content)
+    except ValueError as exc:
+        raise InvalidOutput(f"the model's reply is not JSON: {exc}") from None
+    try:
+        jsonschema.validate(data, schema)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "reply"
+        message = f"the model's reply breaks the schema at {where}: {exc.message}"
+        raise InvalidOutput(message) from None
+    return data
+
+
+def cost_usd(prompt_tokens: int, completion_tokens: int) -> float:
+    """Estimated price of a call, from OPENAI_PRICE_INPUT/OUTPUT (USD per million tokens)."""
+    return (
+        prompt_tokens * settings.OPENAI_PRICE_INPUT
+        + completion_tokens * settings.OPENAI_PRICE_OUTPUT
+    ) / 1_000_000
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    try:
+        return float(exc.response.headers.get("retry-after"))
+    except (TypeError, ValueError):
+        return None

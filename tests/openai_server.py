@@ -1,0 +1,221 @@
+"""An OpenAI-compatible HTTP server on 127.0.0.1, for tests and benchmarks.
+
+It answers `POST /v1/chat/completions` like the real API (same JSON shapes, `usage`
+included) after a configurable latency, and can misbehave on purpose: 429 with
+Retry-After, 500, a body that is not JSON, a reply that breaks the requested schema, or
+no answer within the client's timeout. The real `openai` client reaches it over HTTP.
+
+    with OpenAIServer(latency=0.2, answer=my_answer) as server:
+        settings.OPENAI_BASE_URL = server.url
+        ...
+        server.requests  # every request: arrival time, body, the status answered
+
+Faults come from a script (`server.script(["429", "500"])`: the next requests get these,
+in order) or at random (`faults={"429": 0.05}`: that share of requests, seeded).
+
+Run it alone for a manual try: `python -m tests.openai_server --port 8100 --latency 0.2`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+FAULTS = ("429", "500", "malformed", "bad_output", "timeout")
+
+
+@dataclass
+class Request:
+    at: float  # time.monotonic() on arrival
+    body: dict
+    status: int = 0
+    fault: str = ""
+
+
+def default_answer(body: dict) -> str:
+    """A plain-text reply, or `{}` when a JSON schema was asked for."""
+    if body.get("response_format", {}).get("type") == "json_schema":
+        return "{}"
+    last = body["messages"][-1]["content"]
+    return f"Summary: {last[:200]}"
+
+
+def user_text(body: dict) -> str:
+    return "\n".join(m["content"] for m in body["messages"] if m["role"] == "user")
+
+
+class OpenAIServer:
+    def __init__(
+        self,
+        latency: float = 0.0,
+        answer: Callable[[dict], str] = default_answer,
+        faults: dict[str, float] | None = None,
+        retry_after: str = "1",
+        hang: float = 30.0,
+        seed: int = 0,
+        port: int = 0,
+    ):
+        self.latency = latency
+        self.answer = answer
+        self.faults = faults or {}
+        self.retry_after = retry_after
+        self.hang = hang
+        self.requests: list[Request] = []
+        self._script: deque[str] = deque()
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+        self._httpd = _Server(("127.0.0.1", port), _handler(self))
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_port}/v1"
+
+    def start(self) -> OpenAIServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> OpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def script(self, faults: list[str]) -> None:
+        """Make the next requests fail like this, in order (see FAULTS)."""
+        with self._lock:
+            self._script.extend(faults)
+
+    def max_in_window(self, seconds: float) -> int:
+        """The most requests that arrived within any `seconds`-long window."""
+        times = sorted(r.at for r in self.requests)
+        best, start = 0, 0
+        for end, at in enumerate(times):
+            while at - times[start] >= seconds:
+                start += 1
+            best = max(best, end - start + 1)
+        return best
+
+    def _next_fault(self) -> str:
+        with self._lock:
+            if self._script:
+                return self._script.popleft()
+            for fault, share in self.faults.items():
+                if self._random.random() < share:
+                    return fault
+        return ""
+
+
+def _handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as the SDK's connection pool expects
+
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            raw = self.rfile.read(length)
+            if not self.path.rstrip("/").endswith("/chat/completions"):
+                self._send(404, {"error": {"message": "not found", "type": "invalid_request"}})
+                return
+            if self.headers.get("authorization", "") in ("", "Bearer "):
+                self._send(401, {"error": {"message": "no API key", "type": "auth"}})
+                return
+            body = json.loads(raw)
+            request = Request(at=time.monotonic(), body=body)
+            with server._lock:
+                server.requests.append(request)
+            request.fault = fault = server._next_fault()
+            time.sleep(server.latency)
+            if fault == "timeout":
+                time.sleep(server.hang)
+            if fault == "429":
+                request.status = 429
+                self._send(
+                    429,
+                    {"error": {"message": "Rate limit reached", "type": "requests"}},
+                    {"retry-after": server.retry_after},
+                )
+                return
+            if fault == "500":
+                request.status = 500
+                self._send(500, {"error": {"message": "The server had an error", "type": "server"}})
+                return
+            if fault == "malformed":
+                request.status = 200
+                self._send_raw(200, b'{"id": "chatcmpl-1", "choices": [{"mess')
+                return
+            content = '{"unexpected": true' if fault == "bad_output" else server.answer(body)
+            request.status = 200
+            prompt = sum(len(m["content"]) for m in body["messages"]) // 4 + 1
+            completion = len(content) // 4 + 1
+            self._send(
+                200,
+                {
+                    "id": f"chatcmpl-{len(server.requests)}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": body.get("model", "test-model"),
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": content},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": prompt,
+                        "completion_tokens": completion,
+                        "total_tokens": prompt + completion,
+                    },
+                },
+            )
+
+        def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
+            self._send_raw(status, json.dumps(payload).encode(), headers)
+
+        def _send_raw(self, status: int, data: bytes, headers: dict | None = None) -> None:
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # a burst of first connections from many worker threads
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--latency", type=float, default=0.2)
+    args = parser.parse_args()
+    server = OpenAIServer(latency=args.latency, port=args.port).start()
+    print(f"OPENAI_BASE_URL={server.url} (any OPENAI_API_KEY)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

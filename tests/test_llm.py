@@ -1,0 +1,89 @@
+"""The shared OpenAI client against a local OpenAI-compatible server, over real HTTP."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+
+from project import llm
+from project.kinds import RateLimited, is_transient, pause_seconds
+from project.ratelimit import get_limiter
+from tests.openai_server import OpenAIServer
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "string"}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture
+def server(settings, redis_db):
+    with OpenAIServer(answer=lambda body: json.dumps({"answer": "42"})) as server:
+        settings.OPENAI_API_KEY = "test-key"
+        settings.OPENAI_BASE_URL = server.url
+        settings.OPENAI_TIMEOUT = 2
+        settings.RATE_LIMITS = {"openai": {"rpm": 6000, "tpm": 1_000_000}}
+        yield server
+
+
+def ask(**options) -> llm.Reply:
+    return llm.chat([{"role": "user", "content": "What is the answer?"}], **options)
+
+
+def test_it_returns_the_parsed_reply_and_its_usage(server):
+    reply = ask(schema=SCHEMA)
+    assert reply.data == {"answer": "42"}
+    assert reply.prompt_tokens > 0 and reply.completion_tokens > 0
+    sent = server.requests[0].body
+    assert sent["response_format"]["json_schema"]["schema"] == SCHEMA
+    assert sent["model"] == "gpt-4o-mini"
+
+
+def test_a_429_pauses_the_limiter_for_its_retry_after(server):
+    server.script(["429"])
+    with pytest.raises(RateLimited) as caught:
+        ask()
+    assert caught.value.limiter == "openai"
+    assert caught.value.retry_after == 1.0
+    assert pause_seconds(caught.value) == 1.0
+
+
+def test_server_errors_and_timeouts_are_transient(server):
+    server.script(["500", "timeout"])
+    server.hang = 5
+    with pytest.raises(openai.InternalServerError) as caught:
+        ask()
+    assert is_transient(caught.value)
+    with pytest.raises(openai.APITimeoutError) as caught:
+        ask()
+    assert is_transient(caught.value)
+
+
+def test_a_body_that_is_not_json_is_transient(server):
+    server.script(["malformed"])
+    with pytest.raises(llm.InvalidOutput, match="not JSON") as caught:
+        ask(schema=SCHEMA)
+    assert is_transient(caught.value)
+
+
+def test_a_reply_that_breaks_the_schema_is_never_returned(server):
+    server.script(["bad_output"])
+    with pytest.raises(llm.InvalidOutput):
+        ask(schema=SCHEMA)
+    server.answer = lambda body: json.dumps({"answer": 42})
+    with pytest.raises(llm.InvalidOutput, match="answer"):
+        ask(schema=SCHEMA)
+
+
+def test_the_limiter_is_charged_what_the_service_counted(server, settings):
+    settings.RATE_LIMITS = {"openai": {"rpm": 0, "tpm": 6000}}
+    limiter = get_limiter("openai")
+    reply = ask(max_tokens=3000)
+    # The estimate included 3,000 completion tokens; the settle refunded what was unused,
+    # so the next small call waits a fraction of a second, not ~30 s for the estimate.
+    assert reply.total_tokens < 100
+    assert limiter.try_acquire(100) < 1
