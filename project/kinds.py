@@ -206,6 +206,10 @@ class JobKind:
     def on_finished(self, job: Job) -> None:
         """Called once when the job is finalized."""
 
+    def summary_line(self, job: Job) -> str:
+        """The finished job's one-line summary (job page, `run_job`); kinds may word their own."""
+        return job.summary_line()
+
     def parse_params(self, data: dict) -> dict:
         """Validate parameters; raise forms.ValidationError with every problem."""
         form = self.form_class(data)

@@ -107,6 +107,15 @@ def duration_percentiles(job_id: int) -> tuple[float | None, float | None]:
     return percentile(durations, 0.50), percentile(durations, 0.95)
 
 
+def summary_line(job: Job) -> str:
+    """The kind's one-line summary of a finished job (the generic tally by default)."""
+    try:
+        kind = get_kind(job.kind)
+    except KeyError:
+        return job.summary_line()
+    return kind.summary_line(job)[: Job._meta.get_field("summary").max_length]
+
+
 def finalize(job_id: int) -> bool:
     """Finish the job if every item has settled; True for the one caller that does it."""
     job = Job.objects.get(pk=job_id)
@@ -114,7 +123,7 @@ def finalize(job_id: int) -> bool:
         return False
     job.finished_at = timezone.now()
     job.status = job.final_status()
-    job.summary = job.summary_line()
+    job.summary = summary_line(job)
     job.p50_ms, job.p95_ms = duration_percentiles(job_id)
     won = Job.objects.filter(pk=job_id, finished_at__isnull=True).update(
         status=job.status,
