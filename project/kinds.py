@@ -206,6 +206,10 @@ class JobKind:
     def on_finished(self, job: Job) -> None:
         """Called once when the job is finalized."""
 
+    def final_tallies(self, job: Job) -> dict:
+        """The finished job's tallies: its items' sums, plus what a kind derives from them."""
+        return job.tallies
+
     def summary_line(self, job: Job) -> str:
         """The finished job's one-line summary (job page, `run_job`); kinds may word their own."""
         return job.summary_line()

@@ -247,6 +247,14 @@ OPENAI_PRICE_INPUT = env_float("OPENAI_PRICE_INPUT", 0.15)
 OPENAI_PRICE_OUTPUT = env_float("OPENAI_PRICE_OUTPUT", 0.60)
 FRONT_API_TOKEN = env("FRONT_API_TOKEN")
 FRONT_BASE_URL = env("FRONT_BASE_URL", "https://api2.frontapp.com")
+FRONT_INBOX_ID = env("FRONT_INBOX_ID")  # the inbox `scan_conversations source=front` reads
+FRONT_TIMEOUT = env_float("FRONT_TIMEOUT", 30)  # seconds per request
+
+# The inbox scanner: where `mailbox:PATH` sources live, and how much of a thread the model
+# reads (threads longer than SCANNER_TOKEN_BUDGET tokens are trimmed).
+SCANNER_MAILBOX_DIR = Path(env("SCANNER_MAILBOX_DIR", str(BASE_DIR / "mailboxes")))
+SCANNER_TOKEN_BUDGET = env_int("SCANNER_TOKEN_BUDGET", 6000)
+SCANNER_MAX_OUTPUT_TOKENS = env_int("SCANNER_MAX_OUTPUT_TOKENS", 600)
 
 LOGGING = {
     "version": 1,

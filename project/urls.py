@@ -21,4 +21,5 @@ urlpatterns = [
     path("admin/login/", views.admin_login),  # before the admin's own, which it wraps
     path("admin/", admin.site.urls),
     path("", include("scheduler_app.urls")),
+    path("", include("scanner.urls")),
 ]

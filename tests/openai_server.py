@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-FAULTS = ("429", "500", "malformed", "bad_output", "timeout")
+FAULTS = ("429", "500", "malformed", "bad_output", "timeout")  # bad_output: OpenAI only
 
 
 @dataclass
@@ -51,11 +51,13 @@ def user_text(body: dict) -> str:
     return "\n".join(m["content"] for m in body["messages"] if m["role"] == "user")
 
 
-class OpenAIServer:
+class FakeService:
+    """A local HTTP server that records requests and fails on purpose (see FAULTS)."""
+
     def __init__(
         self,
+        handler: type[BaseHTTPRequestHandler],
         latency: float = 0.0,
-        answer: Callable[[dict], str] = default_answer,
         faults: dict[str, float] | None = None,
         retry_after: str = "1",
         hang: float = 30.0,
@@ -63,7 +65,6 @@ class OpenAIServer:
         port: int = 0,
     ):
         self.latency = latency
-        self.answer = answer
         self.faults = faults or {}
         self.retry_after = retry_after
         self.hang = hang
@@ -71,14 +72,15 @@ class OpenAIServer:
         self._script: deque[str] = deque()
         self._random = random.Random(seed)
         self._lock = threading.Lock()
-        self._httpd = _Server(("127.0.0.1", port), _handler(self))
+        handler.service = self
+        self._httpd = _Server(("127.0.0.1", port), handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_port}/v1"
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_port}"
 
-    def start(self) -> OpenAIServer:
+    def start(self):
         self._thread.start()
         return self
 
@@ -86,7 +88,7 @@ class OpenAIServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def __enter__(self) -> OpenAIServer:
+    def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -107,64 +109,99 @@ class OpenAIServer:
             best = max(best, end - start + 1)
         return best
 
-    def _next_fault(self) -> str:
+    def arrive(self, body: dict) -> Request:
+        """Record a request and choose its fault; sleep the latency (and a hang)."""
+        request = Request(at=time.monotonic(), body=body)
         with self._lock:
+            self.requests.append(request)
             if self._script:
-                return self._script.popleft()
-            for fault, share in self.faults.items():
-                if self._random.random() < share:
-                    return fault
-        return ""
+                request.fault = self._script.popleft()
+            else:
+                for fault, share in self.faults.items():
+                    if self._random.random() < share:
+                        request.fault = fault
+                        break
+        time.sleep(self.latency)
+        if request.fault == "timeout":
+            time.sleep(self.hang)
+        return request
 
 
-def _handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as the SDK's connection pool expects
+class OpenAIServer(FakeService):
+    def __init__(self, latency: float = 0.0, answer: Callable[[dict], str] = default_answer, **kw):
+        super().__init__(_handler(), latency=latency, **kw)
+        self.answer = answer
 
-        def log_message(self, *args) -> None:
-            pass
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/v1"
+
+
+class JSONHandler(BaseHTTPRequestHandler):
+    """Shared by the fake services: keep-alive HTTP/1.1, JSON answers, the common faults."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as the clients' connection pools expect
+    service: FakeService
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def send_fault(self, request: Request, error: dict) -> bool:
+        """Answer the request's fault, if it has one that ends it here; True if it did."""
+        if request.fault == "429":
+            request.status = 429
+            self.send_json(429, error, {"retry-after": self.service.retry_after})
+        elif request.fault == "500":
+            request.status = 500
+            self.send_json(500, {"error": {"message": "The server had an error"}})
+        elif request.fault == "malformed":
+            request.status = 200
+            self.send_raw(200, b'{"_results": [{"id": "cnv_1", "subj')
+        else:
+            return False
+        return True
+
+    def send_json(self, status: int, payload: dict, headers: dict | None = None) -> None:
+        self.send_raw(status, json.dumps(payload).encode(), headers)
+
+    def send_raw(self, status: int, data: bytes, headers: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def _handler() -> type[JSONHandler]:
+    class Handler(JSONHandler):
+        service: OpenAIServer
 
         def do_POST(self) -> None:
             length = int(self.headers.get("content-length") or 0)
             raw = self.rfile.read(length)
             if not self.path.rstrip("/").endswith("/chat/completions"):
-                self._send(404, {"error": {"message": "not found", "type": "invalid_request"}})
+                self.send_json(404, {"error": {"message": "not found"}})
                 return
             if self.headers.get("authorization", "") in ("", "Bearer "):
-                self._send(401, {"error": {"message": "no API key", "type": "auth"}})
+                self.send_json(401, {"error": {"message": "no API key"}})
                 return
             body = json.loads(raw)
-            request = Request(at=time.monotonic(), body=body)
-            with server._lock:
-                server.requests.append(request)
-            request.fault = fault = server._next_fault()
-            time.sleep(server.latency)
-            if fault == "timeout":
-                time.sleep(server.hang)
-            if fault == "429":
-                request.status = 429
-                self._send(
-                    429,
-                    {"error": {"message": "Rate limit reached", "type": "requests"}},
-                    {"retry-after": server.retry_after},
-                )
+            request = self.service.arrive(body)
+            if self.send_fault(request, {"error": {"message": "Rate limit reached"}}):
                 return
-            if fault == "500":
-                request.status = 500
-                self._send(500, {"error": {"message": "The server had an error", "type": "server"}})
-                return
-            if fault == "malformed":
-                request.status = 200
-                self._send_raw(200, b'{"id": "chatcmpl-1", "choices": [{"mess')
-                return
-            content = '{"unexpected": true' if fault == "bad_output" else server.answer(body)
+            if request.fault == "bad_output":
+                content = '{"unexpected": true'
+            else:
+                content = self.service.answer(body)
             request.status = 200
             prompt = sum(len(m["content"]) for m in body["messages"]) // 4 + 1
             completion = len(content) // 4 + 1
-            self._send(
+            self.send_json(
                 200,
                 {
-                    "id": f"chatcmpl-{len(server.requests)}",
+                    "id": f"chatcmpl-{len(self.service.requests)}",
                     "object": "chat.completion",
                     "created": int(time.time()),
                     "model": body.get("model", "test-model"),
@@ -183,24 +220,15 @@ def _handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
                 },
             )
 
-        def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
-            self._send_raw(status, json.dumps(payload).encode(), headers)
-
-        def _send_raw(self, status: int, data: bytes, headers: dict | None = None) -> None:
-            self.send_response(status)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-
     return Handler
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # a burst of first connections from many worker threads
+
+    def handle_error(self, request, client_address) -> None:
+        pass  # a client that timed out closed its end: nothing to report
 
 
 def main() -> None:

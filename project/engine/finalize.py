@@ -107,6 +107,13 @@ def duration_percentiles(job_id: int) -> tuple[float | None, float | None]:
     return percentile(durations, 0.50), percentile(durations, 0.95)
 
 
+def final_tallies(job: Job) -> dict:
+    try:
+        return get_kind(job.kind).final_tallies(job)
+    except KeyError:
+        return job.tallies
+
+
 def summary_line(job: Job) -> str:
     """The kind's one-line summary of a finished job (the generic tally by default)."""
     try:
@@ -123,12 +130,13 @@ def finalize(job_id: int) -> bool:
         return False
     job.finished_at = timezone.now()
     job.status = job.final_status()
-    job.summary = summary_line(job)
+    job.tallies, job.summary = final_tallies(job), summary_line(job)
     job.p50_ms, job.p95_ms = duration_percentiles(job_id)
     won = Job.objects.filter(pk=job_id, finished_at__isnull=True).update(
         status=job.status,
         finished_at=job.finished_at,
         summary=job.summary,
+        tallies=job.tallies,
         p50_ms=job.p50_ms,
         p95_ms=job.p95_ms,
         started_at=job.started_at or job.finished_at,
