@@ -83,6 +83,7 @@ class ScanForm(forms.Form):
         source = self.cleaned_data["source"].strip()
         if source == "selection":  # the admin's "Rescan selected conversations"
             return source
+        if source == "front":
             if not settings.FRONT_API_TOKEN or not settings.FRONT_INBOX_ID:
                 raise forms.ValidationError(
                     "the Front source needs FRONT_API_TOKEN and FRONT_INBOX_ID in the environment"

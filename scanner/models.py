@@ -192,6 +192,19 @@ EXPORT_FIELDS = [
 ]
 
 
+def csv_row(row: dict) -> dict:
+    """An export row for CSV: booleans as true/false, text a spreadsheet would run as a
+    formula quoted (supplier names and PO numbers come from emails)."""
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+            value = "'" + value
+        out[key] = value
+    return out
+
+
 class ExtractionResult(models.Model):
     """One extraction of one conversation in one job: what was asked, answered and kept."""
 

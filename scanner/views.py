@@ -21,7 +21,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from project import engine
 from project.models import Job
 from scanner.forms import ConversationFilterForm, MailboxUploadForm, ShipmentFilterForm
-from scanner.models import EXPORT_FIELDS, Conversation, MailboxUpload, Shipment
+from scanner.models import EXPORT_FIELDS, Conversation, MailboxUpload, Shipment, csv_row
 from scheduler_app.views import too_large
 
 PER_PAGE = 50
@@ -91,16 +91,8 @@ def shipments_csv(shipments) -> HttpResponse:
     writer = csv.DictWriter(response, fieldnames=EXPORT_FIELDS)
     writer.writeheader()
     for shipment in shipments.iterator(chunk_size=2000):
-        writer.writerow(csv_safe(shipment.as_row()))
+        writer.writerow(csv_row(shipment.as_row()))
     return response
-
-
-def csv_safe(row: dict) -> dict:
-    """Quote text a spreadsheet would run as a formula (supplier names come from emails)."""
-    return {
-        k: "'" + v if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r") else v
-        for k, v in row.items()
-    }
 
 
 @login_required
