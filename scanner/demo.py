@@ -260,6 +260,12 @@ class _Maker:
                 f"+49 89 {self.digits(8)}",
                 f"1-800-{mid}-{last}",
                 f"+1-{area}-{mid}-{last}",
+                f"{area}{mid}{last}",
+                f"020 {self.digits(4)} {self.digits(4)}",
+                f"0161 {self.digits(3)} {self.digits(4)}",
+                f"089 {self.digits(8)}",
+                f"+49 (0)89 {self.digits(4)} {self.digits(4)}",
+                f"0{self.digits(10)}",
             )
         )
 
@@ -453,6 +459,9 @@ class _Conversation:
                 f"Shipped {self.when:%m/%d/%Y} - {name} {printed} ({self.po_ref(po)})",
                 f"Please find the tracking for {self.po_ref(po)} below.\n\n{name}: {printed}",
                 f"Your {self.po_ref(po)} left our warehouse today. {name} waybill {printed}.",
+                f"Re {po}: shipped today, {name} {printed}",
+                f"Shipped {po} complete via {name}.\nTracking {printed}",
+                f"Your order {po} has been shipped.\n\nShipped via: {name}\nTracking: {printed}",
             )
         )
 
@@ -494,6 +503,12 @@ class _Conversation:
                 printed, name = self.ship()
                 lines.append(f"  Box {n + 2}: {printed} ({name})")
             parts.append("\n".join(lines))
+        elif extra < 0.32:
+            carrier = self.rng.choice(self.supplier.carriers)
+            lines = [f"The rest of the order went out as {carrier.upper()} packages, tracking:"]
+            for _ in range(self.rng.randrange(2, 7)):
+                lines.append(self.ship(carrier)[0])
+            parts.append("\n".join(lines))
         distractors = self.distractors()
         if distractors:
             parts.append(distractors)
@@ -515,19 +530,28 @@ class _Conversation:
         """An HTML-only shipping confirmation with a table, from the supplier's order system."""
         m, rng = self.m, self.rng
         rows = []
-        for _ in range(rng.randrange(1, 4)):
-            printed, name = self.ship()
-            rows.append(
-                f"<tr><td>{escape(rng.choice(_ITEMS))}</td><td>{rng.randrange(1, 40)}</td>"
-                f"<td>{escape(name)}</td><td>{escape(printed)}</td></tr>"
-            )
+        carrier_column = rng.random() < 0.6
+        carrier = rng.choice(self.supplier.carriers)
+        for _ in range(rng.randrange(1, 6)):
+            printed, name = self.ship(None if carrier_column else carrier)
+            cells = [rng.choice(_ITEMS), str(rng.randrange(1, 40)), name, printed]
+            if not carrier_column:
+                del cells[2]
+            rows.append("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
+        heads = (
+            ["Item", "Qty", "Carrier", "Tracking #"]
+            if carrier_column
+            else ["Item", "Qty", "Tracking #"]
+        )
+        carrier_name = CARRIER_NAMES["other" if carrier == "ontrac" else carrier][0]
+        via = "" if carrier_column else f"<p>Shipped via {escape(carrier_name)}.</p>"
         invoice = m.invoice()
         html = (
             f"<html><body><h2>{escape(self.supplier.name)}</h2><p>Shipping confirmation</p>"
             f"<table><tr><td>Purchase order</td><td>{escape(po)}</td></tr>"
             f"<tr><td>Invoice</td><td>{escape(invoice)}</td></tr>"
             f"<tr><td>Ship date</td><td>{self.when:%Y-%m-%d}</td></tr></table>"
-            f"<table><tr><th>Item</th><th>Qty</th><th>Carrier</th><th>Tracking #</th></tr>"
+            f"{via}<table><tr>{''.join(f'<th>{h}</th>' for h in heads)}</tr>"
             f"{''.join(rows)}</table>"
             f"<p>Questions about this order? Call {escape(m.phone())} or reply to this email.</p>"
             f"<p style='color:#888'>{escape(self.supplier.name)} | Customer No. {m.digits(8)}</p>"
@@ -583,6 +607,22 @@ class _Conversation:
             )
         )
         self.add(self.buyer, self.contact, f"Status of {self.po_ref(po)}", self.buyer_signed(text))
+
+    def terse_reply(self, po: str) -> None:
+        """The supplier answers a request for tracking with little more than the number."""
+        printed, name = self.ship()
+        text = self.rng.choice(
+            (
+                f"Here you go: {printed}",
+                f"{printed}",
+                f"Sure - {printed}",
+                f"It went out yesterday, {printed}.",
+                f"{name} {printed}",
+                f"Hi {self.buyer_first}, it's {printed}. Let me know if it doesn't show up.",
+            )
+        )
+        subject = "RE: " + self.drafts[-1].subject
+        self.add(self.contact, self.buyer, subject, self.signed(text), form=self.form())
 
     def thanks(self) -> None:
         text = self.rng.choice(
@@ -693,6 +733,11 @@ class _Conversation:
             self.notice(po)
             self.thanks()
             self.notice(self.new_po())  # the next PO in the same thread
+        elif roll < 0.87:
+            self.request(po)
+            self.terse_reply(po)
+            if rng.random() < 0.5:
+                self.thanks()
         else:
             self.no_tracking(po)
 
