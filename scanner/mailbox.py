@@ -315,7 +315,7 @@ def html_to_text(html: str) -> str:
     for node in tree.css("td, th"):
         node.insert_after(" | ")
     for node in tree.css(_BLOCKS):
-        if node.tag != "tr":  # rows: one break after each, no blank line inside a table
+        if node.tag not in ("tr", "li"):  # rows and items: no blank line inside a table or list
             node.insert_before(_BREAK)
         node.insert_after(_BREAK)
     for node in tree.css("br"):

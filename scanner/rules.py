@@ -401,7 +401,7 @@ _PO = re.compile(
 def find_po_numbers(text: str) -> list[str]:
     """PO numbers after a PO cue, in order, deduplicated.
 
-    "PO 4500123456", "P.O. #: 77812", "purchase order 8812", "PO-2025-0142".
+    "PO 4500123456", "P.O. #: 77812", "purchase order 8812", "PO-2025-0142" (2025-0142).
     """
     numbers: list[str] = []
     for match in _PO.finditer(text):
