@@ -497,14 +497,45 @@ _FREE_MAIL = frozenset(
 )
 
 
-def _signature_company(text: str) -> str:
-    """A company line ("Acme Fasteners Inc.") in the unquoted text, the last one (signatures)."""
-    for line in reversed(text.splitlines()):
-        line = line.strip()
-        if line.startswith(">") or len(line) > 60:
-            continue
-        if _COMPANY.match(line) and not _CARRIER_CUES["ups"].search(line):
-            return line.rstrip(".") if line.endswith("..") else line
+def _domain_name(address: str) -> str:
+    """The name part of an address's domain ('acme-fasteners' of 'x@mail.acme-fasteners.co.uk')."""
+    labels = address.rpartition("@")[2].lower().split(".")
+    if len(labels) >= 3 and labels[-2] in ("co", "com", "org", "net", "ac"):
+        return labels[-3]
+    return labels[-2] if len(labels) >= 2 else labels[0]
+
+
+_ROLE_SUFFIX = re.compile(
+    r"\s*[-|,]?\s*\b(?:orders?|shipping|sales|support|customer service|team|notifications?"
+    r"|warehouse|fulfil?ment|accounts?|billing|no-?reply)$",
+    re.IGNORECASE,
+)
+
+
+def _signature_company(text: str, domain: str) -> str:
+    """The company line of the text's own (unquoted) signature.
+
+    A line ending in a company word ("Acme Fasteners Inc.", "Keystone Electrical Supply"), or
+    else a signature line whose first word is in the sender's domain ("Juniper Biologicals"
+    from juniperbio.com).
+    """
+    lines = [line.strip() for line in text.splitlines()]
+    own = [line for line in lines if line and not line.startswith(">")]
+    for line in reversed(own):
+        if len(line) <= 60 and _COMPANY.match(line) and not _CARRIER_CUES["ups"].search(line):
+            return line
+    if not domain:
+        return ""
+    for start, end in _signature_spans(text):
+        for line in text[start:end].splitlines()[1:]:
+            line = line.strip()
+            first = re.match(r"[A-Za-z]+", line)
+            if line.startswith(">") or not first or len(first.group()) < 3:
+                continue
+            if re.search(r"[\d@]|www\.", line) or len(line) > 60:
+                continue
+            if first.group().lower() in domain.replace("-", ""):
+                return line
     return ""
 
 
@@ -513,8 +544,7 @@ def _domain_company(address: str) -> str:
     domain = address.rpartition("@")[2].lower()
     if not domain or _CARRIER_DOMAINS.search(domain):
         return ""
-    labels = domain.split(".")
-    name = labels[-2] if len(labels) >= 2 else labels[0]
+    name = _domain_name(address)
     if name in _FREE_MAIL:
         return ""
     return " ".join(part.capitalize() for part in re.split(r"[-_]", name) if part)
@@ -523,28 +553,34 @@ def _domain_company(address: str) -> str:
 def _supplier(
     messages: list[tuple[str, str]], senders: list[tuple[str, str]] | None, shipping: list[int]
 ) -> str:
-    """The supplier of a thread: from the messages that carry tracking numbers first.
+    """The supplier of a thread, from the messages that carry tracking numbers first.
 
-    1. a company line in the message's signature;
-    2. the sender's display name when it is not a person's "First Last" ... kept simple: the
-       name when the address's domain is not free mail or a carrier's;
+    1. the company line of the message's signature;
+    2. the sender's display name less a role ("Acme Fasteners Orders"), when it reads as a
+       company, or names the domain;
     3. the sender's domain, title-cased.
+    Carrier and free-mail senders are skipped.
     """
     order = shipping + [i for i in range(len(messages)) if i not in shipping]
+    senders = senders or []
     for index in order:
-        company = _signature_company(messages[index][1])
+        address = senders[index][1] if index < len(senders) else ""
+        domain = "" if not address or _CARRIER_DOMAINS.search(address) else _domain_name(address)
+        company = _signature_company(messages[index][1], domain)
         if company:
             return company
-    if senders:
-        for index in order:
-            if index >= len(senders):
-                continue
-            name, address = senders[index]
-            company = _domain_company(address)
-            if company:
-                if name and _COMPANY.match(name):
-                    return name
-                return company
+    for index in order:
+        if index >= len(senders):
+            continue
+        name, address = senders[index]
+        company = _domain_company(address)
+        if not company:
+            continue
+        name = _ROLE_SUFFIX.sub("", name).strip()
+        first = name.split(" ")[0].lower() if name else ""
+        if name and (_COMPANY.match(name) or (len(first) >= 3 and first in _domain_name(address))):
+            return name
+        return company
     return ""
 
 
