@@ -299,28 +299,36 @@ def _unique_ids(entries: list[_Entry], headers: list[bytes]) -> list[_Entry]:
 
 # --- Bodies ----------------------------------------------------------------------------------
 
-_BLOCK_END = re.compile(
-    r"(<br\s*/?>|</(?:p|div|tr|li|h[1-6]|table|blockquote|pre|ul|ol|dd|dt|section|article)\s*>"
-    r"|<(?:p|div|tr|li|h[1-6]|table|blockquote|ul|ol|hr)\b[^>]*>)",
-    re.IGNORECASE,
-)
-_CELL_END = re.compile(r"</t[dh]\s*>", re.IGNORECASE)
+_BLOCKS = "p, div, table, tr, li, ul, ol, h1, h2, h3, h4, h5, h6, blockquote, pre, dt, dd, hr"
 
 
 def html_to_text(html: str) -> str:
     """Visible text of an HTML part: a line per block (paragraph, div, table row, br).
 
-    Table cells are separated by spaces. Scripts, styles and the head are dropped.
+    Table cells are separated by " | ", so a quantity cell never runs into the number next to
+    it. Scripts, styles and the head are dropped. Line breaks are added to the parsed tree, not
+    to the markup (a marker between table rows would be moved out of the table by the parser).
     """
-    marked = _CELL_END.sub(" \u2063\\g<0>", _BLOCK_END.sub("\u2028\\g<0>", html.replace("\n", " ")))
-    tree = LexborHTMLParser(marked)
+    tree = LexborHTMLParser(html)
     for node in tree.css("script, style, head, title"):
         node.decompose()
+    for node in tree.css("td, th"):
+        node.insert_after(" | ")
+    for node in tree.css(_BLOCKS):
+        if node.tag not in ("tr", "li"):  # rows and items: no blank line inside a table or list
+            node.insert_before(_BREAK)
+        node.insert_after(_BREAK)
+    for node in tree.css("br"):
+        node.insert_after(_BREAK)
     root = tree.body or tree.root
     if root is None:
         return ""
-    text = root.text(separator="").replace("\u2063", " ").replace("\u2028", "\n")
-    return _tidy(text)
+    # Whitespace in the markup is a space, as in a browser; the breaks added above are lines.
+    text = re.sub(r"[ \t\r\n\f\v]+", " ", root.text(separator="")).replace(_BREAK, "\n")
+    return _tidy(re.sub(r"(?: \| *)+$", "", text, flags=re.MULTILINE))
+
+
+_BREAK = "\u2028"
 
 
 def _tidy(text: str) -> str:

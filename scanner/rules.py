@@ -133,7 +133,7 @@ _NEGATIVE_CUES = (
     r"invoice|inv|bill|order|ord|po|p\.o|purchase|acct|account|customer|cust|client|ref|reference"
     r"|quote|quotation|sku|part|item|lot|serial|batch|model|rma|case|ticket|claim|check|cheque"
     r"|routing|aba|iban|swift|bank|phone|ph|tel|telephone|fax|mobile|cell|call|text|whatsapp"
-    r"|direct|office|toll|ext|vat|tax|ein|duns"
+    r"|direct|office|toll|ext|vat|tax|ein|duns|[tmfp](?= ?:)"
 )
 _CUE = re.compile(rf"\b(?:(?P<pos>{_POSITIVE_CUES})|(?P<neg>{_NEGATIVE_CUES}))\b", re.IGNORECASE)
 _CARRIER_CUES = {
@@ -142,8 +142,25 @@ _CARRIER_CUES = {
     "fedex": re.compile(r"\bfed ?ex\b", re.IGNORECASE),
     "dhl": re.compile(r"\bdhl\b", re.IGNORECASE),
 }
-# How many lines above a number its label may stand ("Tracking numbers:" over a list).
-_LOOKBACK_LINES = 3
+# How many lines above a number its label may stand ("Tracking #" over the rows of a table),
+# within its paragraph.
+_LOOKBACK_LINES = 15
+# Words that make a whole message about shipping, for a number nothing labels ("Here you go:
+# 7489 2361 3467" answering "could you send tracking?").
+_SHIPPING_MESSAGE = re.compile(
+    r"\b(?:track(?:ing)?|shipped|waybill|ups|usps|fed ?ex|dhl)\b", re.IGNORECASE
+)
+# The line that opens a signature, and the lines that end it (a quoted or forwarded message).
+_SIGN_OFF = re.compile(
+    r"^(?:--|thanks|thank you|best|best regards|kind regards|regards|cheers|sincerely"
+    r"|many thanks|warm regards)[,.!]?$",
+    re.IGNORECASE,
+)
+_QUOTE_HEADER = re.compile(
+    r"^(?:on .+ wrote:|-{3,} ?(?:original message|forwarded message) ?-{3,}|from: )",
+    re.IGNORECASE,
+)
+_SIGNATURE_LINES = 10
 
 
 @dataclass(frozen=True)
@@ -160,13 +177,33 @@ def _strong(number: str) -> bool:
     )
 
 
-def _phone_like(text: str, tokens: list[re.Match]) -> bool:
-    """Digits grouped as a telephone number: 3-3-4 (after an optional 1), or after a '+' or '('."""
-    before = text[max(0, tokens[0].start() - 2) : tokens[0].start()]
-    if "+" in before or "(" in before:
-        return True
+_PHONE_CUE = re.compile(
+    r"\b(?:call|phone|ph|tel|telephone|fax|mobile|cell|dial|text|whatsapp|reach|contact"
+    r"|questions|line)\b|\b[tmfp] ?:",
+    re.IGNORECASE,
+)
+_TRACKING_WORD = re.compile(r"\b(?:track(?:ing)?|trk|awb|waybill)\b", re.IGNORECASE)
+
+
+def _phone_like(text: str, tokens: list[re.Match], line_start: int) -> bool:
+    """Whether digits are a telephone number.
+
+    1. grouped 3-3-4 (after an optional 1), or 10-11 digits in national groups ("020 7946 0958");
+    2. after a '+', '(' or ')' ("+49 (0)89 5405 5014");
+    3. after a telephone word on the line ("Call our shipping line at ...") with no tracking
+       word between them: a generic shipping word there does not make it a tracking number.
+    """
     lengths = [len(t.group()) for t in tokens]
-    return lengths in ([3, 3, 4], [1, 3, 3, 4])
+    first = tokens[0].group()
+    if lengths in ([3, 3, 4], [1, 3, 3, 4]) or (
+        len(tokens) in (2, 3) and sum(lengths) <= 11 and first[0] == "0" and 3 <= len(first) <= 5
+    ):
+        return True
+    start = tokens[0].start()
+    if any(c in "+()" for c in text[max(0, start - 2) : start]):
+        return True
+    cues = list(_PHONE_CUE.finditer(text, line_start, start))
+    return bool(cues) and not _TRACKING_WORD.search(text, cues[-1].end(), start)
 
 
 def _runs(text: str) -> list[list[re.Match]]:
@@ -204,11 +241,19 @@ def _windows(run: list[re.Match]):
             yield first, first + size
 
 
+def _quote_depth(line: str) -> int:
+    return len(line) - len(line.lstrip("> "))
+
+
+def _is_blank(line: str) -> bool:
+    return not line.strip("> \t")
+
+
 def _label(text: str, start: int, end: int, line_start: int) -> str | None:
     """'pos', 'neg' or None: the label of the number at text[start:end].
 
     The cue nearest before it on its line, else the first after it on its line, else the
-    nearest in the `_LOOKBACK_LINES` lines above.
+    nearest in the lines above it in its paragraph (at most `_LOOKBACK_LINES`).
     """
     before = list(_CUE.finditer(text, line_start, start))
     if before:
@@ -221,11 +266,40 @@ def _label(text: str, start: int, end: int, line_start: int) -> str | None:
     for _ in range(_LOOKBACK_LINES):
         if above_start == 0:
             break
-        above_start = text.rfind("\n", 0, above_start - 1) + 1
+        previous_start = text.rfind("\n", 0, above_start - 1) + 1
+        if _is_blank(text[previous_start : above_start - 1]):
+            break
+        above_start = previous_start
     above = list(_CUE.finditer(text, above_start, line_start))
     if above:
         return "pos" if above[-1].group("pos") else "neg"
     return None
+
+
+def _signature_spans(text: str) -> list[tuple[int, int]]:
+    """Offsets of signature blocks: from a sign-off line ("--", "Thanks,") to a blank line, a
+    quoted or forwarded message, or `_SIGNATURE_LINES` lines."""
+    spans = []
+    offset = 0
+    lines = text.split("\n")
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        if _SIGN_OFF.match(line.lstrip("> ").strip()):
+            start, depth = offset, _quote_depth(line)
+            end = offset + len(line) + 1
+            for follower in lines[index + 1 : index + 1 + _SIGNATURE_LINES]:
+                if (
+                    _is_blank(follower)
+                    or _quote_depth(follower) != depth
+                    or _QUOTE_HEADER.match(follower.lstrip("> "))
+                ):
+                    break
+                end += len(follower) + 1
+            spans.append((start, end))
+        offset += len(line) + 1
+        index += 1
+    return spans
 
 
 def _nearest_named(
@@ -244,9 +318,20 @@ def _nearest_named(
     return best
 
 
-def _find(text: str) -> list[_Found]:
+def _find(
+    text: str, not_tracking: set[str] | None = None, shipping_thread: bool = False
+) -> list[_Found]:
+    """Valid numbers in `text` with their offsets (see `find_tracking_numbers`).
+
+    `not_tracking`: numbers known to be something else (the thread's PO numbers).
+    `shipping_thread`: another message of the thread speaks of tracking or a carrier, so a
+    number nothing labels counts here too.
+    """
+    not_tracking = set(not_tracking or ()) | {normalize(n) for n in find_po_numbers(text)}
     found: list[_Found] = []
     seen: set[str] = set()
+    signatures: list[tuple[int, int]] | None = None
+    shipping_message: bool | None = True if shipping_thread else None
     for run in _runs(text):
         taken_until = -1
         for first, last in _windows(run):
@@ -254,7 +339,7 @@ def _find(text: str) -> list[_Found]:
             if tokens[0].start() < taken_until:
                 continue
             number = "".join(t.group() for t in tokens).upper()
-            if len(number) not in _SHAPE_LENGTHS:
+            if len(number) not in _SHAPE_LENGTHS or number in not_tracking:
                 continue
             verdicts = [v for v in _verdicts(number) if v.checksum_valid]
             if not verdicts:
@@ -262,7 +347,18 @@ def _find(text: str) -> list[_Found]:
             start, end = tokens[0].start(), tokens[-1].end()
             if not _strong(number):
                 line_start = text.rfind("\n", 0, start) + 1
-                if _phone_like(text, tokens) or _label(text, start, end, line_start) != "pos":
+                if _phone_like(text, tokens, line_start):
+                    continue
+                if signatures is None:
+                    signatures = _signature_spans(text)
+                if any(s <= start < e for s, e in signatures):
+                    continue
+                label = _label(text, start, end, line_start)
+                if label is None:
+                    if shipping_message is None:
+                        shipping_message = _SHIPPING_MESSAGE.search(text) is not None
+                    label = "pos" if shipping_message else None
+                if label != "pos":
                     continue
             match = verdicts[0]
             if len(verdicts) > 1:
@@ -305,7 +401,7 @@ _PO = re.compile(
 def find_po_numbers(text: str) -> list[str]:
     """PO numbers after a PO cue, in order, deduplicated.
 
-    "PO 4500123456", "P.O. #: 77812", "purchase order 8812", "PO-2025-0142".
+    "PO 4500123456", "P.O. #: 77812", "purchase order 8812", "PO-2025-0142" (2025-0142).
     """
     numbers: list[str] = []
     for match in _PO.finditer(text):
@@ -401,14 +497,45 @@ _FREE_MAIL = frozenset(
 )
 
 
-def _signature_company(text: str) -> str:
-    """A company line ("Acme Fasteners Inc.") in the unquoted text, the last one (signatures)."""
-    for line in reversed(text.splitlines()):
-        line = line.strip()
-        if line.startswith(">") or len(line) > 60:
-            continue
-        if _COMPANY.match(line) and not _CARRIER_CUES["ups"].search(line):
-            return line.rstrip(".") if line.endswith("..") else line
+def _domain_name(address: str) -> str:
+    """The name part of an address's domain ('acme-fasteners' of 'x@mail.acme-fasteners.co.uk')."""
+    labels = address.rpartition("@")[2].lower().split(".")
+    if len(labels) >= 3 and labels[-2] in ("co", "com", "org", "net", "ac"):
+        return labels[-3]
+    return labels[-2] if len(labels) >= 2 else labels[0]
+
+
+_ROLE_SUFFIX = re.compile(
+    r"\s*[-|,]?\s*\b(?:orders?|shipping|sales|support|customer service|team|notifications?"
+    r"|warehouse|fulfil?ment|accounts?|billing|no-?reply)$",
+    re.IGNORECASE,
+)
+
+
+def _signature_company(text: str, domain: str) -> str:
+    """The company line of the text's own (unquoted) signature.
+
+    A line ending in a company word ("Acme Fasteners Inc.", "Keystone Electrical Supply"), or
+    else a signature line whose first word is in the sender's domain ("Juniper Biologicals"
+    from juniperbio.com).
+    """
+    lines = [line.strip() for line in text.splitlines()]
+    own = [line for line in lines if line and not line.startswith(">")]
+    for line in reversed(own):
+        if len(line) <= 60 and _COMPANY.match(line) and not _CARRIER_CUES["ups"].search(line):
+            return line
+    if not domain:
+        return ""
+    for start, end in _signature_spans(text):
+        for line in text[start:end].splitlines()[1:]:
+            line = line.strip()
+            first = re.match(r"[A-Za-z]+", line)
+            if line.startswith(">") or not first or len(first.group()) < 3:
+                continue
+            if re.search(r"[\d@]|www\.", line) or len(line) > 60:
+                continue
+            if first.group().lower() in domain.replace("-", ""):
+                return line
     return ""
 
 
@@ -417,8 +544,7 @@ def _domain_company(address: str) -> str:
     domain = address.rpartition("@")[2].lower()
     if not domain or _CARRIER_DOMAINS.search(domain):
         return ""
-    labels = domain.split(".")
-    name = labels[-2] if len(labels) >= 2 else labels[0]
+    name = _domain_name(address)
     if name in _FREE_MAIL:
         return ""
     return " ".join(part.capitalize() for part in re.split(r"[-_]", name) if part)
@@ -427,28 +553,34 @@ def _domain_company(address: str) -> str:
 def _supplier(
     messages: list[tuple[str, str]], senders: list[tuple[str, str]] | None, shipping: list[int]
 ) -> str:
-    """The supplier of a thread: from the messages that carry tracking numbers first.
+    """The supplier of a thread, from the messages that carry tracking numbers first.
 
-    1. a company line in the message's signature;
-    2. the sender's display name when it is not a person's "First Last" ... kept simple: the
-       name when the address's domain is not free mail or a carrier's;
+    1. the company line of the message's signature;
+    2. the sender's display name less a role ("Acme Fasteners Orders"), when it reads as a
+       company, or names the domain;
     3. the sender's domain, title-cased.
+    Carrier and free-mail senders are skipped.
     """
     order = shipping + [i for i in range(len(messages)) if i not in shipping]
+    senders = senders or []
     for index in order:
-        company = _signature_company(messages[index][1])
+        address = senders[index][1] if index < len(senders) else ""
+        domain = "" if not address or _CARRIER_DOMAINS.search(address) else _domain_name(address)
+        company = _signature_company(messages[index][1], domain)
         if company:
             return company
-    if senders:
-        for index in order:
-            if index >= len(senders):
-                continue
-            name, address = senders[index]
-            company = _domain_company(address)
-            if company:
-                if name and _COMPANY.match(name):
-                    return name
-                return company
+    for index in order:
+        if index >= len(senders):
+            continue
+        name, address = senders[index]
+        company = _domain_company(address)
+        if not company:
+            continue
+        name = _ROLE_SUFFIX.sub("", name).strip()
+        first = name.split(" ")[0].lower() if name else ""
+        if name and (_COMPANY.match(name) or (len(first) >= 3 and first in _domain_name(address))):
+            return name
+        return company
     return ""
 
 
@@ -469,15 +601,12 @@ def extract(
     shipments: list[dict] = []
     seen: set[str] = set()
     shipping: list[int] = []
-    thread_pos = ""
-    for subject, text in messages:
-        pos = find_po_numbers(subject) + find_po_numbers(text)
-        if pos:
-            thread_pos = pos[0]
-            break
+    thread_pos = [po for subject, text in messages for po in find_po_numbers(f"{subject}\n{text}")]
+    not_tracking = {normalize(po) for po in thread_pos}
+    shipping_thread = any(_SHIPPING_MESSAGE.search(f"{s}\n{t}") for s, t in messages)
     for index, (subject, text) in enumerate(messages):
-        body = f"{subject}\n{text}"
-        found = _find(body)
+        body = f"{subject}\n\n{text}"  # a paragraph of its own: no label for the first line
+        found = _find(body, not_tracking, shipping_thread)
         if found and index not in shipping:
             shipping.append(index)
         date_sent = sent_at[index] if sent_at and index < len(sent_at) else None
@@ -492,7 +621,7 @@ def extract(
                 {
                     "tracking_number": match.tracking_number,
                     "carrier": match.carrier,
-                    "po_number": _po_near(body, item.start) or thread_pos,
+                    "po_number": _po_near(body, item.start) or (thread_pos or [""])[0],
                     "shipped_date": shipped,
                     "confidence": 0.95 if strong else 0.85,
                     "checksum_valid": match.checksum_valid,

@@ -12,7 +12,7 @@ them by root Message-ID and writes them in the three forms the scanner reads.
 from __future__ import annotations
 
 import zipfile
-from email.message import EmailMessage
+from email.message import Message
 from pathlib import Path
 
 from scanner import demo
@@ -25,7 +25,7 @@ def threads(conversations: int, seed: int = 1) -> list[demo.Conversation]:
     return demo.generate(conversations, seed)
 
 
-def generate(conversations: int, seed: int = 1) -> tuple[list[EmailMessage], Labels]:
+def generate(conversations: int, seed: int = 1) -> tuple[list[Message], Labels]:
     """All messages in sending order, and per root Message-ID its (tracking number, carrier)s."""
     made = demo.generate(conversations, seed)
     messages = [message for thread in made for message in thread.messages]
