@@ -10,3 +10,16 @@ class ScannerConfig(AppConfig):
     def ready(self) -> None:
         # The `scan_conversations` kind registers itself on import.
         from scanner import jobs  # noqa: F401
+
+    def load_demo(self) -> str:
+        """Write the demo mailbox that the dashboard's scan form offers (mailbox:demo.mbox)."""
+        from django.conf import settings
+
+        from scanner.demo import write_demo_mailbox
+
+        path = settings.SCANNER_MAILBOX_DIR / "demo.mbox"
+        if path.exists():
+            return f"demo mailbox {path} exists"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_demo_mailbox(path)
+        return f"demo mailbox written to {path} (scan it: source mailbox:demo.mbox)"
