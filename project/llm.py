@@ -12,6 +12,7 @@ schema raises InvalidOutput, and nothing of it is returned.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -148,12 +149,21 @@ def parse(content: str, schema: dict) -> Any:
     except ValueError as exc:
         raise InvalidOutput(f"the model's reply is not JSON: {exc}") from None
     try:
-        jsonschema.validate(data, schema)
+        validator(json.dumps(schema, sort_keys=True)).validate(data)
     except jsonschema.ValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "reply"
         message = f"the model's reply breaks the schema at {where}: {exc.message}"
         raise InvalidOutput(message) from None
     return data
+
+
+@functools.lru_cache(maxsize=32)
+def validator(schema: str) -> jsonschema.protocols.Validator:
+    """A checked, compiled validator per schema (checking a schema costs more than using it)."""
+    loaded = json.loads(schema)
+    cls = jsonschema.validators.validator_for(loaded)
+    cls.check_schema(loaded)
+    return cls(loaded)
 
 
 def cost_usd(prompt_tokens: int, completion_tokens: int) -> float:

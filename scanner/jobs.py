@@ -394,48 +394,81 @@ def record(
 ) -> Outcome:
     """Store an extraction and its shipments, and mark the conversation scanned."""
     now = timezone.now()
-    added = duplicate = 0
+    output = result.output
+    if output is None:
+        output = {"supplier": result.supplier, "shipments": result.shipments}
+    numbers = [s["tracking_number"] for s in result.shipments]
+    # A handful of statements whatever the number of shipments: items are many and short.
     with transaction.atomic():
-        extraction, _ = ExtractionResult.objects.update_or_create(
-            conversation=conversation,
-            job=job,
-            defaults={
-                "extractor": result.extractor,
-                "model": result.model,
-                "output": result.output
-                if result.output is not None
-                else {"supplier": result.supplier, "shipments": result.shipments},
-                "rejected": result.rejected,
-                "llm_skipped": result.llm_skipped,
-                "prompt_tokens": result.prompt_tokens,
-                "completion_tokens": result.completion_tokens,
-                "latency_ms": result.latency_ms,
-                "error": "",
-            },
+        (extraction,) = ExtractionResult.objects.bulk_create(
+            [
+                ExtractionResult(
+                    conversation=conversation,
+                    job=job,
+                    extractor=result.extractor,
+                    model=result.model,
+                    output=output,
+                    rejected=result.rejected,
+                    llm_skipped=result.llm_skipped,
+                    prompt_tokens=result.prompt_tokens,
+                    completion_tokens=result.completion_tokens,
+                    latency_ms=result.latency_ms,
+                    error="",
+                )
+            ],
+            update_conflicts=True,
+            unique_fields=["conversation", "job"],
+            update_fields=[
+                "extractor",
+                "model",
+                "output",
+                "rejected",
+                "llm_skipped",
+                "prompt_tokens",
+                "completion_tokens",
+                "latency_ms",
+                "error",
+            ],
         )
-        for found in result.shipments:
-            shipment, created = Shipment.objects.get_or_create(
-                tracking_number=found["tracking_number"],
-                defaults={
-                    "carrier": found["carrier"],
-                    "po_number": found["po_number"],
-                    "supplier": result.supplier,
-                    "shipped_date": found["shipped_date"] or None,
-                    "confidence": found["confidence"],
-                    "checksum_valid": found["checksum_valid"],
-                    "conversation": conversation,
-                    "job": job,
-                    "first_seen": now,
-                },
+        if numbers:
+            # Known tracking numbers are kept as they are (ON CONFLICT DO NOTHING) and linked.
+            Shipment.objects.bulk_create(
+                [
+                    Shipment(
+                        tracking_number=found["tracking_number"],
+                        carrier=found["carrier"],
+                        po_number=found["po_number"],
+                        supplier=result.supplier,
+                        shipped_date=found["shipped_date"] or None,
+                        confidence=found["confidence"],
+                        checksum_valid=found["checksum_valid"],
+                        conversation=conversation,
+                        job=job,
+                        first_seen=now,
+                    )
+                    for found in result.shipments
+                ],
+                ignore_conflicts=True,
             )
-            # A re-run of this item finds the shipments it added itself: not duplicates.
-            if created or (
-                shipment.job_id == job.pk and shipment.conversation_id == conversation.pk
-            ):
-                added += 1
-            else:
-                duplicate += 1
-            extraction.shipments.add(shipment)
+            stored = list(
+                Shipment.objects.filter(tracking_number__in=numbers).values_list(
+                    "pk", "job_id", "conversation_id"
+                )
+            )
+            ExtractionResult.shipments.through.objects.bulk_create(
+                [
+                    ExtractionResult.shipments.through(
+                        extractionresult_id=extraction.pk, shipment_id=pk
+                    )
+                    for pk, _, _ in stored
+                ],
+                ignore_conflicts=True,
+            )
+            # Added here: by this job from this conversation (also when this item re-runs).
+            added = sum(1 for _, j, c in stored if j == job.pk and c == conversation.pk)
+        else:
+            added = 0
+        duplicate = len(numbers) - added
         Conversation.objects.filter(pk=conversation.pk).update(
             scan_state=Conversation.ScanState.SCANNED,
             scanned_at=now,
