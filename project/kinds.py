@@ -206,6 +206,10 @@ class JobKind:
     def on_finished(self, job: Job) -> None:
         """Called once when the job is finalized."""
 
+    def results_url(self, job: Job) -> str:
+        """A page of the kind's own with the job's results, linked from the job page; or ""."""
+        return ""
+
     def summary_line(self, job: Job) -> str:
         """The finished job's one-line summary (job page, `run_job`); kinds may word their own."""
         return job.summary_line()
