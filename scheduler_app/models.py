@@ -8,7 +8,7 @@ from datetime import date, timedelta
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import OuterRef, Q, Subquery
 from django.urls import reverse
 from django.utils import timezone
 
@@ -72,9 +72,19 @@ class ContactQuerySet(models.QuerySet):
         chosen = Subscription.objects.filter(
             Q(topic=topic) | Q(topic__isnull=True), contact=OuterRef("pk")
         )
-        contacts = self.exclude(Exists(chosen.filter(status=Subscription.Status.UNSUBSCRIBED)))
+
+        def first(status: str) -> Subquery:
+            # A scalar subquery, not EXISTS: PostgreSQL never turns it into a join, so each
+            # contact is one probe of subscription_uniq. Without statistics (subscriptions
+            # just imported) an EXISTS became a join over every subscription to the topic,
+            # 0.3 s for each organization of 2,000 contacts instead of 10 ms.
+            return Subquery(chosen.filter(status=status).order_by().values("pk")[:1])
+
+        contacts = self.alias(unsubscribed=first(Subscription.Status.UNSUBSCRIBED))
+        contacts = contacts.filter(unsubscribed__isnull=True)
         if topic.mode == Topic.Mode.OPT_IN:
-            contacts = contacts.filter(Exists(chosen.filter(status=Subscription.Status.SUBSCRIBED)))
+            contacts = contacts.alias(subscribed=first(Subscription.Status.SUBSCRIBED))
+            contacts = contacts.filter(subscribed__isnull=False)
         return contacts
 
 
