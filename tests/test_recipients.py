@@ -520,3 +520,30 @@ def test_the_recipients_pages_need_the_permission_to_view_contacts(topics, clien
     assert client.get(reverse("job_recipients", args=[job.pk])).status_code == 403
     assert client.get(reverse("job_recipients_csv", args=[job.pk])).status_code == 403
     assert client.get(reverse("recipient_jobs")).status_code == 403
+
+
+def test_the_dashboard_offers_a_dry_run_preselected_and_launches_it(topics, looker):
+    organization("Acme", "ann@example.com")
+
+    home = looker.get(reverse("home")).content.decode()
+    response = looker.post(
+        reverse("launch", args=["gather_recipients"]),
+        {
+            "gather_recipients-run-concurrency": "10",
+            "gather_recipients-topic": "announce",
+            "gather_recipients-organizations": "",
+            "gather_recipients-dry_run": "true",
+            "gather_recipients-kind": "invite",
+            "gather_recipients-duration_minutes": "60",
+        },
+    )
+
+    assert 'value="true" id="id_gather_recipients-dry_run_0" checked' in home
+    job = Job.objects.get()
+    assert response.status_code == 302 and response["Location"] == job.get_absolute_url()
+    assert job.params == {
+        "topic": "announce",
+        "dry_run": True,
+        "kind": "invite",
+        "duration_minutes": 60,
+    }
