@@ -547,3 +547,25 @@ def test_the_dashboard_offers_a_dry_run_preselected_and_launches_it(topics, look
         "kind": "invite",
         "duration_minutes": 60,
     }
+
+
+def test_the_admin_gathers_a_topics_recipients_as_a_dry_run(topics, admin_client):
+    organization("Acme", "ann@example.com")
+    organization("Gone", "bob@example.com", archived=True)
+
+    response = admin_client.post(
+        reverse("admin:scheduler_app_topic_changelist"),
+        {"action": "gather_recipients", "_selected_action": [topics["announce"].pk]},
+        follow=True,
+    )
+    contacts = admin_client.get(reverse("admin:scheduler_app_organization_changelist"))
+
+    job = Job.objects.get()
+    assert (job.kind, job.source, job.params) == (
+        "gather_recipients",
+        "admin",
+        {"topic": "announce", "dry_run": True},
+    )
+    assert list(JobItem.objects.filter(job=job).values_list("key", flat=True)) == ["org:Acme"]
+    assert reverse("job_recipients", args=[job.pk]) in response.content.decode()
+    assert contacts.status_code == 200
