@@ -210,6 +210,10 @@ class JobKind:
         """The finished job's tallies: its items' sums, plus what a kind derives from them."""
         return job.tallies
 
+    def results_url(self, job: Job) -> str:
+        """A page of the kind's own with the job's results, linked from the job page; or ""."""
+        return ""
+
     def summary_line(self, job: Job) -> str:
         """The finished job's one-line summary (job page, `run_job`); kinds may word their own."""
         return job.summary_line()

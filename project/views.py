@@ -302,8 +302,17 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
         **_items_context(request, job),
         "kind_label": _kind_label(job.kind),
         "retries": list(job.retries.all()),
+        "results_url": _results_url(job),
     }
     return render(request, "project/job_detail.html", context)
+
+
+def _results_url(job: Job) -> str:
+    """The kind's own page of the job's results (JobKind.results_url), if it has one."""
+    try:
+        return get_kind(job.kind).results_url(job)
+    except KeyError:
+        return ""
 
 
 @login_required

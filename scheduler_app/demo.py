@@ -1,4 +1,5 @@
-"""Demo data: three organizations with ~1,500 varied contacts, and a first schedule run.
+"""Demo data: three organizations with ~1,500 varied contacts and their topic subscriptions,
+and a first schedule run.
 
 Deterministic (random.Random(1)), so every fresh checkout shows the same dashboard. Called by
 `manage.py bootstrap` through SchedulerAppConfig.load_demo().
@@ -13,7 +14,7 @@ from django.db import transaction
 
 from project import engine
 from project.models import Job
-from scheduler_app.models import Contact, Organization
+from scheduler_app.models import Contact, Organization, Subscription, Topic
 
 ORGANIZATIONS = ("Sunrise Senior Benefits", "Lakeside Insurance Group", "Prairie Health Advisors")
 CONTACTS = 1500
@@ -60,6 +61,28 @@ def make_contacts(organizations: list[Organization], count: int, rng: random.Ran
         )
 
 
+def make_subscriptions(contacts: list[Contact], rng: random.Random):
+    """Unsaved subscriptions to the migration's topics: most contacts opted into calendar,
+    some into approval or everything; a few opted out of announce or of everything."""
+    topics = {
+        topic.name: topic
+        for topic in Topic.objects.filter(name__in=["calendar", "approval", "announce"])
+    }
+    subscribed, unsubscribed = Subscription.Status.SUBSCRIBED, Subscription.Status.UNSUBSCRIBED
+    choices = [
+        ("calendar", subscribed, 0.6),
+        ("approval", subscribed, 0.25),
+        ("*", subscribed, 0.03),
+        ("announce", unsubscribed, 0.08),
+        ("calendar", unsubscribed, 0.03),
+        ("*", unsubscribed, 0.02),
+    ]
+    for contact in contacts:
+        for name, status, share in choices:
+            if rng.random() < share and (name == "*" or name in topics):
+                yield Subscription(contact=contact, topic=topics.get(name), status=status)
+
+
 def load_demo() -> str:
     """Create the demo contacts unless there are contacts already; return one line saying what."""
     if Contact.objects.exists():
@@ -68,8 +91,14 @@ def load_demo() -> str:
     with transaction.atomic():
         organizations = [Organization.objects.create(name=name) for name in ORGANIZATIONS]
         Contact.objects.bulk_create(make_contacts(organizations, CONTACTS, rng), batch_size=1000)
+        # Their own generator, so the contacts stay the same as before topics existed.
+        contacts = list(Contact.objects.order_by("id"))
+        Subscription.objects.bulk_create(
+            make_subscriptions(contacts, random.Random(2)), batch_size=1000
+        )
         job = engine.launch("schedule_emails", {}, source=Job.Source.SCHEDULE)
     return (
-        f"scheduler: {len(organizations)} organizations, {CONTACTS:,} contacts; "
+        f"scheduler: {len(organizations)} organizations, {CONTACTS:,} contacts with topic "
+        f"subscriptions; "
         f"schedule_emails job #{job.pk} planning (the workers run it)"
     )

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 
 from django import forms
 from django.conf import settings
 from django.utils import timezone
 
 from scheduler_app import rules
-from scheduler_app.models import ContactImport, Organization
+from scheduler_app.models import ContactImport, Mailing, Organization
 
 MAX_ID = 2**63 - 1  # PostgreSQL bigint
 
@@ -169,3 +169,127 @@ class ImportJobForm(forms.Form):
     """The parameters of an import job: the upload it imports (see ImportContactsKind)."""
 
     contact_import = forms.ModelChoiceField(ContactImport.objects.all())
+
+
+# -- Topic recipients ------------------------------------------------------------------------
+
+TRUE_WORDS = {"true", "1", "yes", "on"}
+FALSE_WORDS = {"false", "0", "no", "off"}
+
+
+class DryRunField(forms.Field):
+    """A yes/no that is yes unless said otherwise: radio buttons on the dashboard (dry run
+    preselected), `--param dry_run=false` on the command line."""
+
+    widget = forms.RadioSelect(
+        choices=[
+            ("true", "Dry run: show the recipients, send nothing"),
+            ("false", "Send to every recipient"),
+        ]
+    )
+
+    def __init__(self, **kwargs):
+        super().__init__(required=False, initial="true", **kwargs)
+
+    def to_python(self, value) -> bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value or "").strip().lower()
+        if not text or text in TRUE_WORDS:
+            return True
+        if text in FALSE_WORDS:
+            return False
+        raise forms.ValidationError(f"{text[:30]!r} is not true or false")
+
+
+class GatherRecipientsForm(forms.Form):
+    """The parameters of gather_recipients; the sending ones matter when dry_run is false.
+
+    Organization and topic names are not checked here: an unknown or archived one fails
+    its organization's item with the reason, while the others go on.
+    """
+
+    topic = forms.CharField(max_length=50, help_text="e.g. calendar, announce or approval.")
+    organizations = forms.CharField(
+        required=False,
+        help_text="Comma-separated organization names. Empty: every active organization.",
+    )
+    dry_run = DryRunField(label="Mode")
+    kind = forms.ChoiceField(
+        required=False,
+        choices=[("invite", "invite (with a calendar invite)"), ("announcement", "announcement")],
+        initial="invite",
+    )
+    title = forms.CharField(required=False, max_length=200, help_text="The email's subject.")
+    starts_at = forms.CharField(
+        required=False,
+        label="Starts at",
+        help_text="ISO 8601 with its offset, e.g. 2026-12-01T15:00:00+01:00.",
+    )
+    duration_minutes = forms.IntegerField(
+        required=False, min_value=1, max_value=7 * 24 * 60, initial=60, label="Duration (minutes)"
+    )
+    organizer = forms.EmailField(
+        required=False, help_text="Its address in the invite. Default: the sender address."
+    )
+
+    def clean_topic(self) -> str:
+        return self.cleaned_data["topic"].strip().lower()
+
+    def clean_organizations(self) -> str:
+        names = [n.strip() for n in self.cleaned_data["organizations"].split(",") if n.strip()]
+        return ",".join(dict.fromkeys(names))
+
+    def clean_title(self) -> str:
+        # One line: it is the subject and the event's summary.
+        return " ".join(self.cleaned_data["title"].split())
+
+    def clean_starts_at(self) -> str:
+        text = self.cleaned_data["starts_at"].strip()
+        if not text:
+            return ""
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            raise forms.ValidationError(
+                f"{text[:40]!r} is not an ISO 8601 date and time, e.g. 2026-12-01T15:00:00+01:00"
+            ) from None
+        if value.tzinfo is None:
+            raise forms.ValidationError(f"{text[:40]!r} has no offset; add one, e.g. +01:00 or Z")
+        return value.isoformat()
+
+    def clean(self) -> dict:
+        data = super().clean()
+        everyone = "organizations" in data and not data["organizations"]
+        if everyone and not Organization.objects.active().exists():
+            self.add_error("organizations", "there is no active organization")
+        if data.get("dry_run", True) or self.errors:
+            return data
+        data["kind"] = data.get("kind") or "invite"
+        if not data.get("title"):
+            self.add_error("title", "a send needs a title")
+        if data["kind"] == "invite":
+            if not data.get("starts_at"):
+                self.add_error("starts_at", "an invite needs its start")
+            data["duration_minutes"] = data.get("duration_minutes") or 60
+            data["organizer"] = data.get("organizer") or settings.DEFAULT_FROM_EMAIL
+        if not self.errors:
+            self.check_same_mailing(data)
+        return data
+
+    def check_same_mailing(self, data: dict) -> None:
+        """A mailing run again must be the same: its identity finds the earlier deliveries."""
+        start = datetime.fromisoformat(data["starts_at"]) if data.get("starts_at") else None
+        earlier = Mailing.objects.filter(
+            topic__name=data["topic"], title=data["title"], starts_at=start
+        ).first()
+        if earlier is None:
+            return
+        for name in ("kind", "duration_minutes", "organizer"):
+            was, now = getattr(earlier, name), data.get(name)
+            if (was or None) != (now or None):
+                self.add_error(
+                    name,
+                    f"this {earlier.kind} was sent before with {name} {was!r}; keep it, or "
+                    "change the title or start to send a new one",
+                )

@@ -22,6 +22,11 @@ Import decisions:
 - A bad row is reported (one RowError per bad field) and not saved; it never stops the import.
   Rows that cannot be read (wrong number of values, not UTF-8, a NUL character, a value over the
   csv module's field limit) are bad rows with field "row".
+- `topics` and `unsubscribed` (optional) list topic names separated by `;`, `*` meaning every
+  topic: the topics the contact opted into, and out of. A file with the column states the
+  contact's whole list: it replaces the contact's earlier opt-ins (or opt-outs), an empty
+  value clears them; a file without it leaves them as they are. An unknown topic makes the
+  row bad. (Whether a contact receives a topic: ContactQuerySet.receiving.)
 - Validation uses the rule engine's parsers (state, dates, birth date not after today), so the
   import and the preview agree; besides, `id` and `email` are required, `email` must look like
   an address, and no value may be longer than its column.
@@ -42,7 +47,14 @@ from django.db import transaction
 from django.utils import timezone
 
 from scheduler_app import rules
-from scheduler_app.models import Contact, ContactImport, ContactImportPart, Organization
+from scheduler_app.models import (
+    Contact,
+    ContactImport,
+    ContactImportPart,
+    Organization,
+    Subscription,
+    Topic,
+)
 
 REQUIRED_COLUMNS = (
     "id",
@@ -53,7 +65,15 @@ REQUIRED_COLUMNS = (
     "birth_date",
     "effective_date",
 )
-OPTIONAL_COLUMNS = ("phone", "zip", "carrier", "plan_type", "organization")
+OPTIONAL_COLUMNS = (
+    "phone",
+    "zip",
+    "carrier",
+    "plan_type",
+    "organization",
+    "topics",
+    "unsubscribed",
+)
 # CSV column -> Contact field, for the plain text values.
 TEXT_COLUMNS = {
     "id": "external_id",
@@ -67,6 +87,12 @@ TEXT_COLUMNS = {
 }
 # What an upsert rewrites: every data field, never created_at.
 UPDATE_FIELDS = [*TEXT_COLUMNS.values(), "state", "birth_date", "effective_date", "updated_at"]
+# The subscription columns and the choice each records; `*` in them means every topic.
+SUBSCRIPTION_COLUMNS = {
+    "topics": Subscription.Status.SUBSCRIBED,
+    "unsubscribed": Subscription.Status.UNSUBSCRIBED,
+}
+EVERY_TOPIC = "*"
 # A report keeps this many RowErrors and counts the rest, so a file of garbage keeps memory flat.
 MAX_LISTED_ERRORS = 10_000
 MAX_LENGTHS = {
@@ -318,6 +344,58 @@ def _check_row(row: CsvRow, organization: str, today: date) -> tuple[dict, list[
     return data, errors
 
 
+def _check_subscriptions(
+    row: CsvRow, topics: dict[str, int]
+) -> tuple[dict[str, set[int | None]], list[RowError]]:
+    """The row's subscription columns as {status: topic ids (None: every topic)}, and errors.
+
+    Only the columns the file has are in the result: those replace the contact's choices.
+    """
+    choices: dict[str, set[int | None]] = {}
+    errors = []
+    for column, status in SUBSCRIPTION_COLUMNS.items():
+        if column not in row.values:
+            continue
+        text = row.values[column]
+        names = [name.strip().lower() for name in text.split(";") if name.strip()]
+        unknown = [name for name in names if name != EVERY_TOPIC and name not in topics]
+        if unknown:
+            listed = ", ".join(map(repr, unknown))
+            reason = f"unknown topics {listed} (topics: {', '.join(sorted(topics))}, or *)"
+            errors.append(RowError(row.line, column, text, reason))
+        choices[status] = {None if name == EVERY_TOPIC else topics.get(name) for name in names}
+    return choices, errors
+
+
+def _save_subscriptions(
+    choices: dict[tuple[int, str], dict[str, set[int | None]]],
+) -> None:
+    """Replace the saved contacts' subscriptions of the statuses their rows gave."""
+    if not choices:
+        return
+    contact_ids = {
+        (organization_id, external_id): pk
+        for pk, organization_id, external_id in Contact.objects.filter(
+            organization_id__in={org for org, _ in choices},
+            external_id__in=[external_id for _, external_id in choices],
+        ).values_list("id", "organization_id", "external_id")
+    }
+    for status in SUBSCRIPTION_COLUMNS.values():
+        chosen = {
+            contact_ids[key]: row[status]
+            for key, row in choices.items()
+            if status in row and key in contact_ids
+        }
+        if not chosen:
+            continue
+        Subscription.objects.filter(contact_id__in=list(chosen), status=status).delete()
+        Subscription.objects.bulk_create(
+            Subscription(contact_id=contact_id, topic_id=topic_id, status=status)
+            for contact_id, topic_ids in chosen.items()
+            for topic_id in topic_ids
+        )
+
+
 def import_contacts(
     stream: TextIO | Iterable[str],
     *,
@@ -337,8 +415,8 @@ def import_contacts(
     3. Collect good rows by (organization, id) until batch_size distinct contacts are waiting;
        a later row with the same key replaces the waiting one.
     4. Save a batch in one transaction: one query for which contacts exist (so created and
-       updated are exact), one INSERT ... ON CONFLICT DO UPDATE. A failure later in the file
-       keeps the batches already saved.
+       updated are exact), one INSERT ... ON CONFLICT DO UPDATE, then the subscription
+       columns' choices. A failure later in the file keeps the batches already saved.
     5. progress(report) after each batch, for a caller that shows progress.
     """
     rows = read_rows(stream)
@@ -348,6 +426,8 @@ def import_contacts(
     organization_ids: dict[str, int] = {}
     waiting: dict[tuple[int, str], Contact] = {}
     lines: dict[tuple[int, str], int] = {}  # the row each waiting contact comes from
+    choices: dict[tuple[int, str], dict] = {}  # their subscription columns, if the file has any
+    topics = dict(Topic.objects.values_list("name", "id"))
 
     for row in rows:
         report.rows += 1
@@ -357,6 +437,8 @@ def import_contacts(
             continue
         name = organization or row.values.get("organization", "")
         data, errors = _check_row(row, name, today)
+        row_choices, topic_errors = _check_subscriptions(row, topics)
+        errors += topic_errors
         if errors:
             report.failed += 1
             for error in errors:
@@ -376,14 +458,16 @@ def import_contacts(
             report.updated += 1  # the earlier row of this file created or updated it
         waiting[key] = Contact(organization_id=key[0], **data)
         lines[key] = row.line
+        if row_choices:
+            choices[key] = row_choices
         if len(waiting) >= batch_size:
-            _save_batch(waiting, lines, report, may_update)
-            waiting, lines = {}, {}
+            _save_batch(waiting, lines, report, may_update, choices)
+            waiting, lines, choices = {}, {}, {}
             if progress:
                 progress(report)
 
     if waiting:
-        _save_batch(waiting, lines, report, may_update)
+        _save_batch(waiting, lines, report, may_update, choices)
     if progress:
         progress(report)
     report.errors.sort(key=lambda error: error.row)  # refused updates come at a batch's end
@@ -399,6 +483,7 @@ def _save_batch(
     lines: dict[tuple[int, str], int],
     report: ImportReport,
     may_update: bool,
+    choices: dict[tuple[int, str], dict] | None = None,
 ) -> None:
     with transaction.atomic():
         existing = set(
@@ -424,6 +509,7 @@ def _save_batch(
                 else {"ignore_conflicts": True}
             ),
         )
+        _save_subscriptions({key: c for key, c in (choices or {}).items() if key in waiting})
     updated = len(existing & waiting.keys())
     report.updated += updated
     report.created += len(waiting) - updated

@@ -29,14 +29,29 @@ from django.core.mail import EmailMessage
 from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils import timezone
 
 from project.kinds import Item, JobKind, Outcome, Page, PermanentError, TransientError, register
 from project.models import Job
 from project.ratelimit import get_limiter
-from scheduler_app import importer, rules
-from scheduler_app.forms import ImportJobForm, ScheduleForm, SendForm, parse_id_list
-from scheduler_app.models import Contact, ContactImportPart, ScheduledEmail
+from scheduler_app import importer, recipients, rules
+from scheduler_app.forms import (
+    GatherRecipientsForm,
+    ImportJobForm,
+    ScheduleForm,
+    SendForm,
+    parse_id_list,
+)
+from scheduler_app.models import (
+    Contact,
+    ContactImportPart,
+    Delivery,
+    Organization,
+    RecipientGroup,
+    ScheduledEmail,
+    Topic,
+)
 
 INSERT_BATCH = 5000
 PLAN_PAGE = 10_000  # contacts a planner page reads and adds
@@ -443,3 +458,125 @@ class ImportContactsKind(JobKind):
             f"{report.updated:,} updated, {report.failed:,} bad"
         )
         return Outcome("succeeded", summary, tallies)
+
+
+# -- Topic recipients ------------------------------------------------------------------------
+
+
+@register
+class GatherRecipientsKind(JobKind):
+    """A topic's recipients from each organization, merged; in a send, one email to each.
+
+    Items are organizations, and in a send also deliveries, which the organizations' items
+    add as they resolve (scheduler_app/recipients.py has the design).
+    """
+
+    name = recipients.KIND
+    label = "Gather topic recipients"
+    description = (
+        "Ask each organization for a topic's recipients and merge them. A dry run shows them; "
+        "a send mails an invite or announcement to each address once."
+    )
+    form_class = GatherRecipientsForm
+    # Items and the recipients page show addresses.
+    view_permission = "scheduler_app.view_contact"
+    limiter = "smtp"
+    default_concurrency = 10
+
+    def item_keys(self, job: Job) -> list[tuple[str, dict]]:
+        names = recipients.organization_names(job.params.get("organizations", ""))
+        if not names:
+            names = Organization.objects.active().order_by("name").values_list("name", flat=True)
+        return recipients.organization_items(names)
+
+    def run_item(self, job: Job, item: Item) -> Outcome:
+        if "delivery" in (item.data or {}):
+            return self.send(job, int(item.data["delivery"]))
+        return self.gather(job, item.data["organization"], item.data["position"])
+
+    def gather(self, job: Job, name: str, position: int) -> Outcome:
+        """Resolve one organization's recipients; in a send, queue a delivery for each."""
+        organization = Organization.objects.filter(name=name).first()
+        if organization is None:
+            raise PermanentError(f"there is no organization named {name!r}")
+        if organization.archived:
+            raise PermanentError(f"organization {name!r} is archived")
+        topic_name = job.params["topic"]
+        topic = Topic.objects.filter(name=topic_name).first()
+        if topic is None:
+            known = ", ".join(Topic.objects.values_list("name", flat=True))
+            raise PermanentError(f"there is no topic named {topic_name!r} (topics: {known})")
+        found = recipients.resolve(organization, topic)
+        RecipientGroup.objects.update_or_create(
+            job=job,
+            organization=organization,
+            defaults={
+                "position": position,
+                "addresses": found.addresses,
+                "contacts": found.contacts,
+                "invalid": found.invalid,
+                "not_allowed": found.not_allowed,
+            },
+        )
+        count = len(found.addresses)
+        summary = f"{count:,} recipient{'' if count == 1 else 's'}"
+        if found.invalid:
+            summary += f", {found.invalid:,} invalid addresses dropped"
+        if found.not_allowed:
+            summary += f", {found.not_allowed:,} not on the allow-list"
+        if not job.params.get("dry_run", True):
+            mailing = recipients.mailing_for(job.params, topic)
+            queued = recipients.queue_deliveries(job, mailing, found.addresses)
+            summary += f"; {queued:,} sends queued"
+        tallies = {
+            "organizations": 1,
+            "recipients": len(found.addresses),
+            "invalid": found.invalid,
+            "not_allowed": found.not_allowed,
+        }
+        return Outcome("succeeded", summary, tallies)
+
+    def send(self, job: Job, delivery_id: int) -> Outcome:
+        """Send one delivery at most once, as SendDueEmailsKind.run_item sends an email.
+
+        1. Wait for the shared SMTP rate limiter.
+        2. Claim the delivery with a conditional UPDATE: not sent, and unclaimed or claimed
+           by a sender that died (older than the lease). Else skip it.
+        3. Build the email (with invite.ics for an invite) and send it.
+        4. Mark it sent. A transient failure releases the claim for the engine's retry; a
+           permanent one marks it failed, claim released, so a later run may try again.
+        """
+        get_limiter("smtp").acquire()
+        claimed = (
+            Delivery.objects.claimable()
+            .filter(pk=delivery_id)
+            .update(claimed_at=timezone.now(), job=job)
+        )
+        delivery = Delivery.objects.select_related("mailing__topic").get(pk=delivery_id)
+        if not claimed:
+            if delivery.status == Delivery.Status.SENT:
+                return Outcome("skipped", f"sent to {delivery.address} before", {"already_sent": 1})
+            return Outcome("skipped", f"another job is sending to {delivery.address}")
+        address, mailing = delivery.address, delivery.mailing
+        try:
+            if not recipients.mailing_email(mailing, address).send():
+                raise PermanentError(f"the mailer accepted no message for {address!r}")
+        except Exception as exc:
+            error = str(exc) if isinstance(exc, PermanentError) else f"{type(exc).__name__}: {exc}"
+            if is_transient_send(exc):
+                Delivery.objects.filter(pk=delivery_id).update(claimed_at=None, error=error)
+                raise TransientError(error) from exc
+            Delivery.objects.filter(pk=delivery_id).update(
+                status=Delivery.Status.FAILED, claimed_at=None, error=error[:2000]
+            )
+            raise PermanentError(error) from exc
+        Delivery.objects.filter(pk=delivery_id).update(
+            status=Delivery.Status.SENT, sent_at=timezone.now(), error=""
+        )
+        return Outcome("succeeded", f"{mailing.kind} to {address}", {"sent": 1})
+
+    def summary_line(self, job: Job) -> str:
+        return recipients.summary_line(job) or job.summary_line()
+
+    def results_url(self, job: Job) -> str:
+        return reverse("job_recipients", args=[job.pk])

@@ -2,20 +2,41 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, timedelta
 
 from django.conf import settings
+from django.core.validators import RegexValidator
 from django.db import models
-from django.db.models import Q
+from django.db.models import OuterRef, Q, Subquery
 from django.urls import reverse
 from django.utils import timezone
 
 from scheduler_app import rules
 
 
+class OrganizationQuerySet(models.QuerySet):
+    def active(self) -> OrganizationQuerySet:
+        return self.filter(archived=False)
+
+
 class Organization(models.Model):
     name = models.CharField(max_length=200)
     created_at = models.DateTimeField(default=timezone.now)
+    # Topic recipients (gather_recipients): an archived organization fails its item, and a
+    # test organization may limit its recipients to a list of addresses.
+    archived = models.BooleanField(
+        default=False, help_text="Archived: left out of gathering topic recipients."
+    )
+    allowed_recipients = models.TextField(
+        blank=True,
+        help_text=(
+            "For a test organization: when set, only these addresses (one per line) receive "
+            "topic emails."
+        ),
+    )
+
+    objects = OrganizationQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]
@@ -27,6 +48,11 @@ class Organization(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def allow_list(self) -> set[str] | None:
+        """The allowed recipients, trimmed and in lower case; None when every one is allowed."""
+        addresses = {a.lower() for a in re.split(r"[\s,;]+", self.allowed_recipients) if a}
+        return addresses or None
+
 
 class ContactQuerySet(models.QuerySet):
     def search(self, text: str) -> ContactQuerySet:
@@ -36,6 +62,30 @@ class ContactQuerySet(models.QuerySet):
         return self.filter(
             Q(first_name__icontains=text) | Q(last_name__icontains=text) | Q(email__icontains=text)
         )
+
+    def receiving(self, topic: Topic) -> ContactQuerySet:
+        """The contacts who receive a topic (the one definition of the subscription rule).
+
+        A contact receives topic T when it has not unsubscribed from T nor from every topic,
+        and either subscribed to T (or to every topic) or T is opt-out. An unsubscribe wins.
+        """
+        chosen = Subscription.objects.filter(
+            Q(topic=topic) | Q(topic__isnull=True), contact=OuterRef("pk")
+        )
+
+        def first(status: str) -> Subquery:
+            # A scalar subquery, not EXISTS: PostgreSQL never turns it into a join, so each
+            # contact is one probe of subscription_uniq. Without statistics (subscriptions
+            # just imported) an EXISTS became a join over every subscription to the topic,
+            # 0.3 s for each organization of 2,000 contacts instead of 10 ms.
+            return Subquery(chosen.filter(status=status).order_by().values("pk")[:1])
+
+        contacts = self.alias(unsubscribed=first(Subscription.Status.UNSUBSCRIBED))
+        contacts = contacts.filter(unsubscribed__isnull=True)
+        if topic.mode == Topic.Mode.OPT_IN:
+            contacts = contacts.alias(subscribed=first(Subscription.Status.SUBSCRIBED))
+            contacts = contacts.filter(subscribed__isnull=False)
+        return contacts
 
 
 class Contact(models.Model):
@@ -84,6 +134,10 @@ class Contact(models.Model):
     def rule_data(self, today: date) -> rules.ContactData:
         """The contact as the rule engine sees it; raises rules.RuleError for bad data."""
         return rules.parse_contact(self.state, self.birth_date, self.effective_date, today)
+
+    def receives(self, topic: Topic) -> bool:
+        """Whether the contact receives the topic (ContactQuerySet.receiving says when)."""
+        return Contact.objects.filter(pk=self.pk).receiving(topic).exists()
 
 
 class ScheduledEmailQuerySet(models.QuerySet):
@@ -220,3 +274,211 @@ class ContactImportPart(models.Model):
 
     def __str__(self) -> str:
         return f"part {self.number} of import {self.contact_import_id}"
+
+
+# -- Topics ----------------------------------------------------------------------------------
+
+
+class Topic(models.Model):
+    """What topic emails are about: contacts opt into an opt-in topic, out of an opt-out one."""
+
+    class Mode(models.TextChoices):
+        OPT_IN = "opt_in", "opt-in"
+        OPT_OUT = "opt_out", "opt-out"
+
+    # The import's `topics` and `unsubscribed` columns list names separated by `;`, and `*`
+    # means every topic, so a name is one plain word.
+    name = models.CharField(
+        max_length=50,
+        validators=[
+            RegexValidator(
+                r"^[a-z0-9][a-z0-9_-]*\Z",
+                "Lower-case letters, digits, - and _, starting with a letter or digit.",
+            )
+        ],
+        help_text="As imports and jobs name it, e.g. calendar.",
+    )
+    mode = models.CharField(
+        max_length=10,
+        choices=Mode,
+        default=Mode.OPT_IN,
+        help_text=(
+            "Opt-in: only contacts who subscribed receive it. Opt-out: every contact except "
+            "those who unsubscribed."
+        ),
+    )
+    description = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            # Imports and gather_recipients name topics; a name means one topic.
+            models.UniqueConstraint(fields=["name"], name="topic_name_uniq"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Subscription(models.Model):
+    """A contact's choice about one topic, or about every topic (no topic: `*` in imports)."""
+
+    class Status(models.TextChoices):
+        SUBSCRIBED = "subscribed"
+        UNSUBSCRIBED = "unsubscribed"
+
+    # No index of its own: both constraints lead with it.
+    contact = models.ForeignKey(
+        Contact, on_delete=models.CASCADE, related_name="subscriptions", db_index=False
+    )
+    topic = models.ForeignKey(
+        Topic,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="subscriptions",
+        help_text="Empty: every topic.",
+    )
+    status = models.CharField(max_length=12, choices=Status)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["contact", "topic", "status"]
+        constraints = [
+            # One row per choice; ContactQuerySet.receiving() probes it by contact.
+            models.UniqueConstraint(
+                fields=["contact", "topic", "status"], name="subscription_uniq"
+            ),
+            # The same for "every topic", whose topic is NULL (NULLs are distinct above).
+            models.UniqueConstraint(
+                fields=["contact", "status"],
+                condition=Q(topic__isnull=True),
+                name="subscription_every_topic_uniq",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.contact} {self.status} {self.topic or '*'}"
+
+
+class RecipientGroup(models.Model):
+    """What one organization gave a gather_recipients job: its recipients for the topic.
+
+    `addresses` are the organization's valid, allowed addresses, trimmed, each once
+    (compared in lower case), in contact order. A job's recipients are its groups merged
+    (scheduler_app.recipients.merge).
+    """
+
+    job = models.ForeignKey(
+        "project.Job", on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    position = models.PositiveIntegerField(
+        help_text="Its place among the job's organizations: the first spelling of an address wins."
+    )
+    addresses = models.JSONField(default=list)
+    contacts = models.PositiveIntegerField(default=0, help_text="Contacts receiving the topic.")
+    invalid = models.PositiveIntegerField(default=0, help_text="Invalid addresses dropped.")
+    not_allowed = models.PositiveIntegerField(
+        default=0, help_text="Addresses dropped for not being on the allow-list."
+    )
+
+    class Meta:
+        ordering = ["job", "position"]
+        constraints = [
+            # An item that runs again replaces its group; the merge reads a job's groups.
+            models.UniqueConstraint(fields=["job", "organization"], name="recipientgroup_uniq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization} in job {self.job_id}"
+
+
+class Mailing(models.Model):
+    """An invite or announcement to a topic's recipients.
+
+    Identified by (topic, title, starts_at): running the same one again finds it, and its
+    deliveries keep any address from getting it twice.
+    """
+
+    class Kind(models.TextChoices):
+        INVITE = "invite"
+        ANNOUNCEMENT = "announcement"
+
+    topic = models.ForeignKey(Topic, on_delete=models.PROTECT, related_name="mailings")
+    kind = models.CharField(max_length=12, choices=Kind, default=Kind.INVITE)
+    title = models.CharField(max_length=200)
+    starts_at = models.DateTimeField(null=True, blank=True)
+    duration_minutes = models.PositiveIntegerField(null=True, blank=True)
+    organizer = models.CharField(max_length=254, blank=True)
+    uid = models.CharField(max_length=100, help_text="The UID of the invite's calendar event.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # An invite is (topic, title, starts_at): gather_recipients finds it again.
+            models.UniqueConstraint(
+                fields=["topic", "title", "starts_at"], name="mailing_identity_uniq"
+            ),
+            # The same for announcements without a start (NULLs are distinct above).
+            models.UniqueConstraint(
+                fields=["topic", "title"],
+                condition=Q(starts_at__isnull=True),
+                name="mailing_identity_nostart_uniq",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        when = f" at {self.starts_at:%Y-%m-%d %H:%M %Z}" if self.starts_at else ""
+        return f"{self.get_kind_display()} {self.title!r} ({self.topic}){when}"
+
+
+class DeliveryQuerySet(models.QuerySet):
+    def claimable(self) -> DeliveryQuerySet:
+        """Deliveries to send: not sent, and unclaimed or claimed by a sender that died."""
+        abandoned = timezone.now() - timedelta(seconds=settings.BATCH_LEASE_SECONDS)
+        return self.exclude(status=Delivery.Status.SENT).filter(
+            Q(claimed_at__isnull=True) | Q(claimed_at__lt=abandoned)
+        )
+
+
+class Delivery(models.Model):
+    """One recipient of a mailing: claimed before its email is sent, so none goes twice."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        SENT = "sent"
+        FAILED = "failed"
+
+    # No index of its own: delivery_address_uniq leads with it.
+    mailing = models.ForeignKey(
+        Mailing, on_delete=models.CASCADE, related_name="deliveries", db_index=False
+    )
+    address = models.CharField(max_length=254, help_text="As the first organization spelled it.")
+    address_key = models.CharField(max_length=254, help_text="Trimmed, in lower case.")
+    status = models.CharField(max_length=10, choices=Status, default=Status.PENDING)
+    # The job that last tried it: the recipients page counts a job's sends with it.
+    job = models.ForeignKey(
+        "project.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = DeliveryQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["mailing", "address_key"]
+        verbose_name_plural = "deliveries"
+        constraints = [
+            # One email per address and mailing, whatever the spelling and however many runs.
+            models.UniqueConstraint(
+                fields=["mailing", "address_key"], name="delivery_address_uniq"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.address} ({self.status})"

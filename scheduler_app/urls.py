@@ -16,4 +16,11 @@ urlpatterns = [
         views.contact_import_errors,
         name="contact_import_errors",
     ),
+    path("recipients/", views.recipient_jobs, name="recipient_jobs"),
+    path("recipients/<int:job_id>/", views.job_recipients, name="job_recipients"),
+    path(
+        "recipients/<int:job_id>/recipients.csv",
+        views.job_recipients_csv,
+        name="job_recipients_csv",
+    ),
 ]

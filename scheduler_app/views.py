@@ -2,7 +2,8 @@
 
 Permissions: looking at contacts and the schedule needs scheduler_app.view_contact, importing
 needs scheduler_app.add_contact, launching a schedule run needs project.add_job and
-scheduler_app.view_contact (its job page shows contacts). The contacts
+scheduler_app.view_contact (its job page shows contacts); a gather job's recipients need
+scheduler_app.view_contact. The contacts
 list's results are a partial (`#results`) that htmx swaps as the search and filters change.
 """
 
@@ -28,7 +29,7 @@ from django_htmx.http import HttpResponseStopPolling
 
 from project import engine
 from project.models import Job
-from scheduler_app import importer, rules
+from scheduler_app import importer, recipients, rules
 from scheduler_app.forms import (
     ContactFilterForm,
     ContactImportForm,
@@ -36,7 +37,7 @@ from scheduler_app.forms import (
     ScheduleForm,
 )
 from scheduler_app.jobs import horizon_end
-from scheduler_app.models import Contact, ContactImport, ScheduledEmail
+from scheduler_app.models import Contact, ContactImport, Delivery, ScheduledEmail
 
 CONTACTS_PER_PAGE = 50
 ERRORS_SHOWN = 200
@@ -324,4 +325,73 @@ def contact_import_errors(request: HttpRequest, import_id: int) -> HttpResponse:
     record = _get_import(import_id)
     response = HttpResponse(record.errors_csv, content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="import-{record.pk}-report.csv"'
+    return response
+
+
+# -- Topic recipients ------------------------------------------------------------------------
+
+RECIPIENTS_PER_PAGE = 500
+
+
+def _get_gather_job(job_id: int) -> Job:
+    """The gather_recipients job, or 404. Anyone who may view contacts may view every one."""
+    return get_object_or_404(Job, pk=job_id, kind=recipients.KIND)
+
+
+@login_required
+@permission_required("scheduler_app.view_contact", raise_exception=True)
+def recipient_jobs(request: HttpRequest) -> HttpResponse:
+    """Recent gather_recipients jobs, each linking to its recipients."""
+    jobs = Job.objects.filter(kind=recipients.KIND).select_related("started_by")[:50]
+    return render(request, "scheduler_app/recipient_jobs.html", {"jobs": jobs})
+
+
+@login_required
+@permission_required("scheduler_app.view_contact", raise_exception=True)
+def job_recipients(request: HttpRequest, job_id: int) -> HttpResponse:
+    """A gather job's organizations (count or error) and its numbered, merged recipients.
+
+    While the job runs, `#gathered` is polled every second.
+    """
+    job = _get_gather_job(job_id)
+    merged = recipients.merge(job)
+    page = Paginator(merged, RECIPIENTS_PER_PAGE).get_page(request.GET.get("page"))
+    sends = {}
+    if not job.params.get("dry_run", True):
+        sends = dict(
+            Delivery.objects.filter(job=job)
+            .values_list("status")
+            .annotate(n=Count("id"))
+            .order_by()
+        )
+    context = {
+        "job": job,
+        "running": not job.is_finished,
+        "organizations": recipients.organization_rows(job),
+        "page": page,
+        "total": len(merged),
+        "sends": sends,
+    }
+    if request.htmx and not request.htmx.history_restore_request:
+        html = render_to_string("scheduler_app/job_recipients.html#gathered", context, request)
+        return HttpResponse(html) if context["running"] else HttpResponseStopPolling(html)
+    return render(request, "scheduler_app/job_recipients.html", context)
+
+
+@login_required
+@permission_required("scheduler_app.view_contact", raise_exception=True)
+def job_recipients_csv(request: HttpRequest, job_id: int) -> HttpResponse:
+    """The job's merged recipients as CSV: email, and the organization that gave it first."""
+    job = _get_gather_job(job_id)
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="recipients-{job.pk}.csv"'
+    writer = csv.writer(response)
+    writer.writerow(["email", "organization"])
+    for recipient in recipients.merge(job):
+        writer.writerow(
+            [
+                importer.spreadsheet_safe(recipient.address),
+                importer.spreadsheet_safe(recipient.organization),
+            ]
+        )
     return response
