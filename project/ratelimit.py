@@ -120,4 +120,9 @@ def get_limiter(name: str) -> RateLimiter:
         config = settings.RATE_LIMITS[name]
     except KeyError:
         raise KeyError(f"unknown rate limiter {name!r}; configure it in RATE_LIMITS") from None
-    return RateLimiter(name, rpm=config.get("rpm", 0), tpm=config.get("tpm", 0))
+    return RateLimiter(
+        name,
+        rpm=config.get("rpm", 0),
+        tpm=config.get("tpm", 0),
+        burst_seconds=config.get("burst_seconds", 1.0),
+    )

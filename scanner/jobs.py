@@ -27,6 +27,7 @@ from pathlib import Path
 from django import forms
 from django.conf import settings
 from django.db import transaction
+from django.urls import reverse
 from django.utils import timezone
 
 from project import llm
@@ -218,6 +219,9 @@ class ScanConversationsKind(JobKind):
             record_error(job, conversation, extractor, exc)
             raise
         return record(job, conversation, result)
+
+    def results_url(self, job: Job) -> str:
+        return reverse("scanner:shipments") + f"?job={job.pk}"
 
     def final_tallies(self, job: Job) -> dict:
         tallies = dict(job.tallies)

@@ -225,3 +225,18 @@ def test_checked_keeps_what_the_text_and_the_check_digits_support():
     assert [(s["tracking_number"], s["carrier"]) for s in kept] == [("1Z999AA10123456784", "ups")]
     assert kept[0]["checksum_valid"] and kept[0]["shipped_date"] == "2025-01-02"
     assert {r["reason"] for r in rejected} == {"check digit fails", "not in the conversation"}
+
+
+def test_the_openai_limiter_paces_requests_from_the_first_one(workers, inbox, settings):
+    path, labels = inbox
+    with OpenAIServer(answer=model_answer, latency=0.05) as server:
+        workers(2, OPENAI_API_KEY="test-key", OPENAI_BASE_URL=server.url, OPENAI_RPM="600")
+        settings.OPENAI_API_KEY = "test-key"
+        job = wait_for_job(scan(source=f"mailbox:{path}", extractor="openai"), timeout=120)
+    assert job.status == Job.Status.SUCCEEDED
+    calls = len(server.requests)
+    # 600 a minute is one every 0.1 s: never more than 10 (11 at a window's edge) in a second,
+    # no burst at the start either.
+    assert server.max_in_window(1.0) <= 11
+    arrivals = sorted(r.at for r in server.requests)
+    assert arrivals[-1] - arrivals[0] >= (calls - 1) * 0.1 * 0.9
