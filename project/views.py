@@ -237,7 +237,10 @@ def launch(request: HttpRequest, kind: str) -> HttpResponse:
         except ValidationError as exc:
             form.add_engine_errors(exc.messages)
         else:
-            messages.success(request, f"Launched job #{job.pk}: {job.total:,} items.")
+            if job.status == Job.Status.PLANNING:
+                messages.success(request, f"Launched job #{job.pk}: planning its items.")
+            else:
+                messages.success(request, f"Launched job #{job.pk}: {job.total:,} items.")
             return _redirect(request, job.get_absolute_url())
     return _render_home(request, form, status=400)
 

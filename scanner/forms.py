@@ -51,7 +51,7 @@ class ShipmentFilterForm(forms.Form):
 
     def __init__(self, data=None):
         super().__init__(data)
-        self.fields["supplier"].widget.attrs.update(type="search", placeholder="Supplier")
+        self.fields["supplier"].widget.attrs.update(placeholder="Supplier name")
         for name in ("since", "until"):
             self.fields[name].widget.input_type = "date"
 
