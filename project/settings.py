@@ -116,15 +116,7 @@ if not DATABASE_URL:
     else:
         services.warn("no PostgreSQL on 127.0.0.1:5432 and DATABASE_URL unset; using SQLite")
 if DATABASE_URL:
-    # A pool per process (psycopg_pool): worker threads take a connection for the database
-    # work of an item and give it back while they wait on a network call, so a job at
-    # concurrency 200 does not hold 200 PostgreSQL connections.
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
-    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-        "min_size": 0,
-        "max_size": env_int("DB_POOL_SIZE", 16),
-        "timeout": env_float("DB_POOL_TIMEOUT", 60),
-    }
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
 else:
     DATABASES = {
         "default": {

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from django import forms
 from django.conf import settings
-from django.db import connections, transaction
+from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
@@ -210,9 +210,6 @@ class ScanConversationsKind(JobKind):
             for m in conversation.messages.all()
         ]
         extractor = extract.choose(job.params.get("extractor", "auto"))
-        # The model takes a while: give the database connection back to the pool meanwhile,
-        # so connections follow database work, not the job's concurrency.
-        connections.close_all()
         try:
             if extractor == "openai":
                 result = extract.with_openai(messages, timeout=settings.OPENAI_TIMEOUT)

@@ -345,8 +345,6 @@ class Runner:
                     results = [failure(row.id, setup_error, row.attempts + 1) for row in unit.rows]
                 else:
                     results = self.executor.run_unit(unit, resource)
-                # Back to the pool between items: an idle thread holds no connection.
-                connections.close_all()
                 with self.lock:
                     reported = self.active.pop(unit.id, None) is not None
                 if reported:
