@@ -362,12 +362,18 @@ class Runner:
             connections.close_all()  # this thread's own connections, if the kind opened any
 
     def next_unit(self) -> Unit | None:
+        idle_since = time.monotonic()
         while True:
             try:
                 return self.backlog.get(timeout=0.05)
             except queue.Empty:
                 if self.done.is_set():
                     return None
+                # A thread with nothing to do for a second gives its database connection
+                # back, so idle threads do not hold PostgreSQL connections.
+                if idle_since and time.monotonic() - idle_since > 1:
+                    connections.close_all()
+                    idle_since = 0.0
 
     # -- SIGTERM ------------------------------------------------------------------------
 
