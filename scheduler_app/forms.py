@@ -293,3 +293,32 @@ class GatherRecipientsForm(forms.Form):
                     f"this {earlier.kind} was sent before with {name} {was!r}; keep it, or "
                     "change the title or start to send a new one",
                 )
+
+
+class BriefsForm(forms.Form):
+    """The parameters of a `daily_briefs` job launched by hand (the scheduler names its users)."""
+
+    users = forms.CharField(
+        required=False,
+        help_text="Usernames, comma-separated. Empty: every user with an active preference.",
+    )
+    brief_date = forms.DateField(
+        required=False,
+        label="Day",
+        help_text="The briefs' day. Default: today in each user's zone.",
+    )
+
+    def clean_users(self) -> str:
+        from django.contrib.auth import get_user_model
+
+        names = sorted({n.strip() for n in self.cleaned_data["users"].split(",") if n.strip()})
+        User = get_user_model()
+        known = set(
+            User.objects.filter(**{f"{User.USERNAME_FIELD}__in": names}).values_list(
+                User.USERNAME_FIELD, flat=True
+            )
+        )
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise forms.ValidationError(f"no user named {', '.join(map(repr, unknown[:5]))}")
+        return ",".join(names)
