@@ -59,6 +59,7 @@ WINDOW = timedelta(hours=1)  # a scheduler run covers [now, now + 1 h)
 UPCOMING_DAYS = 7
 TOP_ERRORS = 3
 SHIPMENTS_LISTED = 10
+JOBS_LISTED = 20
 
 SEND, REENGAGEMENT, SKIP = "send", "reengagement", "skip"
 ALREADY_QUEUED, NOT_DUE, INVALID = "already_queued", "not_due", "invalid_preference"
@@ -591,16 +592,20 @@ def organization_section(ctx: Context, organization_id: int, name: str) -> dict:
         "emails_next_7_days_total": sum(by_type.values()),
         "sent_yesterday": counts["sent"],
         "failed_yesterday": counts["failed"],
-        "failed_jobs": failed_jobs(recent_failed_jobs(ctx).filter(params__organization=name)),
+        "failed_jobs": failed_jobs(
+            recent_failed_jobs(ctx).filter(params__organization=name)[:JOBS_LISTED]
+        ),
     }
 
 
 def jobs_section(ctx: Context) -> dict:
-    """Failed jobs of the last 24 h that name no organization of the user's."""
-    mine = [name for _, name in ctx.organizations]
-    jobs = recent_failed_jobs(ctx).exclude(params__organization__in=mine) if mine else None
-    if jobs is None:
-        jobs = recent_failed_jobs(ctx)
+    """Failed jobs of the last 24 h that name none of the user's organizations."""
+    mine = {name for _, name in ctx.organizations}
+    jobs = [
+        job
+        for job in recent_failed_jobs(ctx)[:JOBS_LISTED]
+        if (job.params or {}).get("organization") not in mine
+    ]
     return {"kind": "jobs", "title": "Other failed jobs", "failed_jobs": failed_jobs(jobs)}
 
 

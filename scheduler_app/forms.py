@@ -9,7 +9,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from scheduler_app import rules
-from scheduler_app.models import ContactImport, Mailing, Organization
+from scheduler_app.models import BriefPreference, ContactImport, Mailing, Organization
 
 MAX_ID = 2**63 - 1  # PostgreSQL bigint
 
@@ -322,3 +322,19 @@ class BriefsForm(forms.Form):
         if unknown:
             raise forms.ValidationError(f"no user named {', '.join(map(repr, unknown[:5]))}")
         return ",".join(names)
+
+
+class BriefPreferenceForm(forms.ModelForm):
+    """A user's own brief settings (the Briefs page)."""
+
+    class Meta:
+        model = BriefPreference
+        fields = ["active", "frequency", "day_of_week", "time_of_day", "timezone", "email_enabled"]
+        widgets = {"time_of_day": forms.TimeInput(attrs={"type": "time"}, format="%H:%M")}
+        labels = {
+            "active": "Send me briefs",
+            "day_of_week": "Day (weekly briefs)",
+            "time_of_day": "Time",
+            "timezone": "Time zone",
+            "email_enabled": "Also email them to me",
+        }
