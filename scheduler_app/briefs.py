@@ -39,8 +39,9 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
+from django.contrib.auth.models import Permission
 from django.db import close_old_connections, connection, connections, transaction
-from django.db.models import CharField, Count, DateField, Max, Q, Value
+from django.db.models import CharField, DateField, Max, Q, Value
 from django.db.models.functions import Cast
 from django.utils import timezone
 
@@ -50,7 +51,7 @@ from project.kinds import all_kinds, is_rate_limited, pause_seconds
 from project.models import Job
 from project.ratelimit import get_limiter
 from scheduler_app import rules
-from scheduler_app.models import BriefPreference, DailyBrief, ScheduledEmail
+from scheduler_app.models import BriefPreference, Contact, DailyBrief, ScheduledEmail
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ UPCOMING_DAYS = 7
 TOP_ERRORS = 3
 SHIPMENTS_LISTED = 10
 JOBS_LISTED = 20
+RUN_JOBS_READ = 200
 
 SEND, REENGAGEMENT, SKIP = "send", "reengagement", "skip"
 ALREADY_QUEUED, NOT_DUE, INVALID = "already_queued", "not_due", "invalid_preference"
@@ -485,6 +487,9 @@ class Context:
     days_since_login: int | None
     organizations: list[tuple[int, str]]
     job_kinds: list[str]  # kinds whose jobs the user may see
+    run_id: int = 0  # the daily_briefs job building it
+    built_by: int | None = None  # the daily_briefs job that built it, once built
+    summary_source: str = ""
     built: dict = field(default_factory=dict)  # sections and summary, once built
 
     @property
@@ -498,7 +503,7 @@ class Context:
         return datetime.combine(self.brief_date - timedelta(days=1), time(), tzinfo=tz), start
 
 
-def load_context(brief_id: int) -> Context | None:
+def load_context(brief_id: int, run_id: int = 0) -> Context | None:
     """The brief, its user, preference and organizations; None if the brief is gone."""
     brief = (
         DailyBrief.objects.select_related("user", "user__brief_preference")
@@ -528,85 +533,131 @@ def load_context(brief_id: int) -> Context | None:
         days_since_login=days_between(last_login, brief.brief_date),
         organizations=organizations,
         job_kinds=visible_kinds(user),
+        run_id=run_id,
+        built_by=brief.job_id if brief.built_at else None,
+        summary_source=brief.summary_source,
         built={"sections": brief.sections, "summary": brief.summary},
     )
 
 
 def visible_kinds(user) -> list[str]:
-    """The job kinds whose jobs (and failures) the user may see, as the dashboard decides."""
-    return [kind.name for kind in all_kinds() if user.has_perm(kind.view_permission)]
+    """The job kinds whose jobs (and failures) the user may see, as the dashboard decides.
+
+    The user's permissions, their own and their groups', in one query (ModelBackend's
+    get_all_permissions takes two).
+    """
+    kinds = all_kinds()
+    if not user.is_active:
+        return []
+    if user.is_superuser:
+        return [kind.name for kind in kinds]
+    granted = {
+        f"{app}.{codename}"
+        for app, codename in Permission.objects.filter(Q(user=user) | Q(group__user=user))
+        .values_list("content_type__app_label", "codename")
+        .distinct()
+    }
+    return [kind.name for kind in kinds if kind.view_permission in granted]
 
 
-def failed_jobs(jobs) -> list[dict]:
-    """Failed jobs (or jobs with failed items) with their most frequent errors."""
-    listed = []
-    for job in jobs:
-        listed.append(
-            {
-                "id": job.pk,
-                "kind": job.kind,
-                "status": job.status,
-                "failed": job.failed,
-                "total": job.total,
-                "error": job.error[:300],
-                "top_errors": failure_groups(job, limit=TOP_ERRORS),
-            }
-        )
-    return listed
+_run_jobs: dict[int, list[dict]] = {}  # daily_briefs job id -> failed jobs (run_failed_jobs)
+_run_jobs_lock = threading.Lock()
 
 
-def recent_failed_jobs(ctx: Context):
-    since = timezone.now() - timedelta(hours=24)
-    return (
-        Job.objects.filter(created_at__gte=since, kind__in=ctx.job_kinds)
-        .filter(Q(failed__gt=0) | Q(status=Job.Status.FAILED))
-        .order_by("-created_at")
-    )
+def run_failed_jobs(run_id: int) -> list[dict]:
+    """Jobs that failed or had failed items in the last 24 h, with their most frequent errors.
+
+    Read once per worker process per `daily_briefs` job (`run_id`): every brief of a run
+    shows the same jobs, each brief only those of its organizations and of the kinds its
+    user may see.
+    """
+    with _run_jobs_lock:
+        if run_id not in _run_jobs:
+            since = timezone.now() - timedelta(hours=24)
+            jobs = (
+                Job.objects.filter(created_at__gte=since)
+                .filter(Q(failed__gt=0) | Q(status=Job.Status.FAILED))
+                .order_by("-created_at")[:RUN_JOBS_READ]
+            )
+            listed = [
+                {
+                    "id": job.pk,
+                    "kind": job.kind,
+                    "organization": (job.params or {}).get("organization") or "",
+                    "status": job.status,
+                    "failed": job.failed,
+                    "total": job.total,
+                    "error": job.error[:300],
+                    "top_errors": failure_groups(job, limit=TOP_ERRORS),
+                }
+                for job in jobs
+            ]
+            if len(_run_jobs) >= 4:  # runs of other hours are over
+                _run_jobs.clear()
+            _run_jobs[run_id] = listed
+        return _run_jobs[run_id]
+
+
+def failed_jobs(ctx: Context, keep) -> list[dict]:
+    """The run's failed jobs the user may see and `keep(organization)` accepts."""
+    return [
+        job
+        for job in run_failed_jobs(ctx.run_id)
+        if job["kind"] in ctx.job_kinds and keep(job["organization"])
+    ][:JOBS_LISTED]
+
+
+# Counts of one organization's emails: pending in the next 7 days, and sent or failed
+# yesterday (by when they were claimed), by type. One statement, through the contacts'
+# organization index and the emails' (contact, type, send_date) one; in plain SQL because
+# building it with the ORM cost more CPU than running it, once per section of every brief.
+ORGANIZATION_EMAILS_SQL = """
+SELECT e.type,
+       count(*) FILTER (WHERE e.status = 'pending' AND e.send_date >= %s AND e.send_date < %s),
+       count(*) FILTER (WHERE e.status = 'sent' AND e.claimed_at >= %s AND e.claimed_at < %s),
+       count(*) FILTER (WHERE e.status = 'failed' AND e.claimed_at >= %s AND e.claimed_at < %s)
+FROM {email} AS e JOIN {contact} AS c ON c.id = e.contact_id
+WHERE c.organization_id = %s
+  AND ((e.status = 'pending' AND e.send_date >= %s AND e.send_date < %s)
+       OR (e.claimed_at >= %s AND e.claimed_at < %s))
+GROUP BY e.type
+"""
 
 
 def organization_section(ctx: Context, organization_id: int, name: str) -> dict:
     """One organization: emails of the next 7 days by type, yesterday's sent and failed, and
-    its failed jobs of the last 24 h (jobs launched for it by name). One query for the
-    emails, through the pending-by-date and claimed-at indexes."""
-    today = ctx.brief_date
-    upcoming = Q(
-        status=ScheduledEmail.Status.PENDING,
-        send_date__gte=today,
-        send_date__lt=today + timedelta(days=UPCOMING_DAYS),
+    its failed jobs of the last 24 h (jobs launched for it by name)."""
+    first, end = ctx.brief_date, ctx.brief_date + timedelta(days=UPCOMING_DAYS)
+    start, stop = ctx.day_bounds()
+    sql = ORGANIZATION_EMAILS_SQL.format(
+        email=ScheduledEmail._meta.db_table, contact=Contact._meta.db_table
     )
-    start, end = ctx.day_bounds()
-    yesterday = Q(claimed_at__gte=start, claimed_at__lt=end)
-    counts = ScheduledEmail.objects.filter(
-        Q(contact__organization_id=organization_id) & (upcoming | yesterday)
-    ).aggregate(
-        sent=Count("id", filter=yesterday & Q(status=ScheduledEmail.Status.SENT)),
-        failed=Count("id", filter=yesterday & Q(status=ScheduledEmail.Status.FAILED)),
-        **{t: Count("id", filter=upcoming & Q(type=t)) for t in rules.EMAIL_TYPES},
-    )
-    by_type = {t: counts[t] for t in rules.EMAIL_TYPES}
+    params = [first, end, start, stop, start, stop, organization_id, first, end, start, stop]
+    by_type = dict.fromkeys(rules.EMAIL_TYPES, 0)
+    sent = failed = 0
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        for kind, upcoming, sent_n, failed_n in cursor.fetchall():
+            by_type[kind] = by_type.get(kind, 0) + upcoming
+            sent += sent_n
+            failed += failed_n
     return {
         "kind": "organization",
         "title": name,
         "organization": organization_id,
         "emails_next_7_days": by_type,
         "emails_next_7_days_total": sum(by_type.values()),
-        "sent_yesterday": counts["sent"],
-        "failed_yesterday": counts["failed"],
-        "failed_jobs": failed_jobs(
-            recent_failed_jobs(ctx).filter(params__organization=name)[:JOBS_LISTED]
-        ),
+        "sent_yesterday": sent,
+        "failed_yesterday": failed,
+        "failed_jobs": failed_jobs(ctx, lambda organization: organization == name),
     }
 
 
 def jobs_section(ctx: Context) -> dict:
     """Failed jobs of the last 24 h that name none of the user's organizations."""
     mine = {name for _, name in ctx.organizations}
-    jobs = [
-        job
-        for job in recent_failed_jobs(ctx)[:JOBS_LISTED]
-        if (job.params or {}).get("organization") not in mine
-    ]
-    return {"kind": "jobs", "title": "Other failed jobs", "failed_jobs": failed_jobs(jobs)}
+    listed = failed_jobs(ctx, lambda organization: organization not in mine)
+    return {"kind": "jobs", "title": "Other failed jobs", "failed_jobs": listed}
 
 
 def shipment_model():
@@ -802,9 +853,15 @@ def write_summary(ctx: Context, sections: list[dict], deadline: float | None = N
 # -- Saving and emailing ---------------------------------------------------------------------
 
 
-def save_built(ctx: Context, sections: list[dict], summary: Summary, job_id: int) -> bool:
-    """Store the built brief if it is still pending; False when another run stored it first."""
+def save_built(
+    ctx: Context, sections: list[dict], summary: Summary, job_id: int, claim: bool
+) -> bool:
+    """Store the built brief if it is still pending; False when another run stored it first.
+
+    With `claim`, the same UPDATE claims its email (see claim_email).
+    """
     saved = DailyBrief.objects.filter(pk=ctx.brief_id, status=DailyBrief.Status.PENDING).update(
+        email_claimed_at=timezone.now() if claim else None,
         status=DailyBrief.Status.READY,
         sections=sections,
         summary=summary.text,

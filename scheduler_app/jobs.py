@@ -613,24 +613,29 @@ class DailyBriefsKind(JobKind):
         1. Load the brief, its user and organizations (on a database thread, as every query
            here: see briefs.DatabaseThreads).
         2. If it is still pending: build its sections concurrently, write the summary (the
-           model, or the template), and store both unless another run stored them first.
-        3. If the user wants email: claim it with a conditional UPDATE, send it through the
-           `smtp` limiter, record how it went. A transient failure gives the claim back for
-           the engine's retry, which finds the brief built and only sends.
+           model, or the template), and store both unless another run stored them first;
+           the same conditional UPDATE claims the email when the user wants one.
+        3. Otherwise, if the user wants email, claim it with a conditional UPDATE. Send it
+           through the `smtp` limiter and record how it went. A transient failure gives the
+           claim back for the engine's retry, which finds the brief built and only sends.
         """
         db = briefs.database_threads()
         brief_id = (item.data or {}).get("brief")
         if brief_id is None:
             raise PermanentError("the item names no brief")
-        ctx = db.run(briefs.load_context, brief_id, deadline=item.deadline)
+        ctx = db.run(briefs.load_context, brief_id, job.pk, deadline=item.deadline)
         if ctx is None:
             return Outcome("skipped", "the brief no longer exists")
         who = f"brief of {ctx.username} for {ctx.brief_date}"
         tallies: dict[str, int] = {}
+        claimed = False
         if ctx.status == DailyBrief.Status.PENDING:
             sections = briefs.build_sections(ctx, item.deadline)
             summary = briefs.write_summary(ctx, sections, item.deadline)
-            if db.run(briefs.save_built, ctx, sections, summary, job.pk, deadline=item.deadline):
+            # The email is claimed by the same UPDATE that stores the brief.
+            claim = ctx.email_enabled and bool(ctx.email)
+            if db.run(briefs.save_built, ctx, sections, summary, job.pk, claim):
+                claimed = claim
                 failed = sum(1 for s in sections if s.get("error"))
                 tallies = {
                     "briefs": 1,
@@ -642,20 +647,23 @@ class DailyBriefsKind(JobKind):
                 who += f": {len(sections)} sections" + (f", {failed} failed" if failed else "")
                 who += f", {summary.source} summary"
             else:
-                ctx = db.run(briefs.load_context, brief_id, deadline=item.deadline)
+                ctx = db.run(briefs.load_context, brief_id, job.pk, deadline=item.deadline)
+        elif ctx.built_by == job.pk and item.attempt > 1:
+            # An earlier attempt of this item built it, then failed to email it: count it here.
+            tallies = {"briefs": 1, f"{ctx.summary_source}_summaries": 1}
         if not (ctx.email_enabled and ctx.status == DailyBrief.Status.READY):
             if tallies:
                 return Outcome("succeeded", who, tallies)
             return Outcome("skipped", f"{who}: {ctx.status} already")
-        return self.email(ctx, item, who, tallies)
+        return self.email(ctx, item, who, tallies, claimed)
 
-    def email(self, ctx, item: Item, who: str, tallies: dict) -> Outcome:
+    def email(self, ctx, item: Item, who: str, tallies: dict, claimed: bool) -> Outcome:
         db = briefs.database_threads()
         if not ctx.email:
             db.run(briefs.settle_email, ctx.brief_id, {"error": "the user has no email address"})
             return Outcome("succeeded", f"{who}; not emailed: no address", tallies)
         get_limiter("smtp").acquire()
-        if not db.run(briefs.claim_email, ctx.brief_id, deadline=item.deadline):
+        if not (claimed or db.run(briefs.claim_email, ctx.brief_id, deadline=item.deadline)):
             return Outcome(
                 "succeeded" if tallies else "skipped", f"{who}; email claimed already", tallies
             )

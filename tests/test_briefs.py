@@ -23,7 +23,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from project import engine
-from project.kinds import Item, get_kind
+from project.kinds import Item, TransientError, get_kind
 from project.models import Job, JobItem
 from scheduler_app import briefs
 from scheduler_app.briefs import backoff, next_run_at
@@ -578,6 +578,35 @@ def test_an_item_that_runs_again_builds_and_emails_nothing_twice(transactional_d
     assert (first.status, again.status) == ("succeeded", "skipped")
     assert [m.to for m in mail.outbox] == [["ann@example.com"]]
     assert mail.outbox[0].subject == "Your daily brief for Wednesday, June 10"
+
+
+def test_a_refused_email_is_given_back_and_sent_by_the_retry_once(
+    transactional_db,
+    redis_db,
+    settings,
+    smtp_sink,  # noqa: F811 (the fixture imported above)
+):
+    settings.MAILERS = {
+        "default": {
+            "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+            "OPTIONS": {"host": "127.0.0.1", "port": smtp_sink.port, "use_tls": False},
+        }
+    }
+    user = owner("ann", ["Acme"], email="busy@example.com")  # the sink answers 451 once
+    brief = DailyBrief.objects.create(user=user, brief_date=date(2026, 6, 10))
+    job = engine.launch("daily_briefs", {}, keys=[(str(user.pk), {"brief": brief.pk})])
+    item = JobItem.objects.get(job=job)
+    kind = get_kind("daily_briefs")
+
+    with pytest.raises(TransientError):
+        kind.run_item(job, Item(item.id, item.key, 1, item.data))
+    brief.refresh_from_db()
+    assert (brief.status, brief.email_claimed_at) == ("ready", None) and "451" in brief.error
+    outcome = kind.run_item(job, Item(item.id, item.key, 2, item.data))
+
+    brief.refresh_from_db()
+    assert brief.status == "sent" and smtp_sink.recipients() == Counter({"busy@example.com": 1})
+    assert outcome.tallies == {"briefs": 1, "template_summaries": 1, "emailed": 1}
 
 
 def test_no_email_when_the_user_does_not_want_it_or_has_no_address(transactional_db, redis_db):
