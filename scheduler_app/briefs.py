@@ -35,20 +35,22 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from time import monotonic
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
 from django.contrib.auth.models import Permission
-from django.db import close_old_connections, connection, connections, transaction
+from django.db import IntegrityError, close_old_connections, connection, connections, transaction
 from django.db.models import CharField, DateField, Max, Q, Value
 from django.db.models.functions import Cast
+from django.template.loader import render_to_string
 from django.utils import timezone
 
 from project import engine, llm
 from project.engine.live import failure_groups
 from project.kinds import all_kinds, is_rate_limited, pause_seconds
-from project.models import Job
+from project.models import ACTIVE_STATUSES, Job, JobItem
 from project.ratelimit import get_limiter
 from scheduler_app import rules
 from scheduler_app.models import BriefPreference, Contact, DailyBrief, ScheduledEmail
@@ -241,8 +243,6 @@ def already_queued(wanted: dict[int, date]) -> set[int]:
     """
     if not wanted:
         return set()
-    from project.models import ACTIVE_STATUSES, JobItem
-
     items = (
         JobItem.objects.filter(
             job__kind=KIND,
@@ -297,8 +297,6 @@ def create_briefs(decisions: list[Decision]) -> dict[int, int]:
                 ],
             )
             return {user_id: brief_id for brief_id, user_id in cursor.fetchall()}
-    from django.db import IntegrityError
-
     created = {}
     for d in decisions:
         try:
@@ -460,9 +458,8 @@ def close_database_threads() -> None:
 
 
 def seconds_left(deadline: float | None) -> float | None:
-    import time as clock
-
-    return None if deadline is None else max(0.0, deadline - clock.monotonic())
+    """Seconds until a time.monotonic() deadline (an item's), or None without one."""
+    return None if deadline is None else max(0.0, deadline - monotonic())
 
 
 # -- Building a brief ------------------------------------------------------------------------
@@ -902,8 +899,6 @@ def settle_email(brief_id: int, fields: dict) -> None:
 
 def render_email(ctx: Context) -> tuple[str, str]:
     """(subject, body) from scheduler_app/emails/brief[_reengagement].txt ("Subject: ..." first)."""
-    from django.template.loader import render_to_string
-
     name = "brief_reengagement" if ctx.is_reengagement else "brief"
     text = render_to_string(
         f"scheduler_app/emails/{name}.txt",
