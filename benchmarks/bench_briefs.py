@@ -99,7 +99,7 @@ def remove_bench_data() -> None:
     Job.objects.filter(kind__in=["daily_briefs", "send_due_emails"]).delete()
 
 
-def create_world(users: int, now: datetime) -> None:
+def create_world(users: int, now: datetime, email: bool = True) -> None:
     """Organizations with contacts and emails, failed jobs, and the users with preferences."""
     today = AT.date()
     orgs = Organization.objects.bulk_create(
@@ -152,7 +152,8 @@ def create_world(users: int, now: datetime) -> None:
         for k in range(OWNED)
     )
     BriefPreference.objects.bulk_create(
-        BriefPreference(user=u, timezone="UTC", time_of_day=AT.time()) for u in people
+        BriefPreference(user=u, timezone="UTC", time_of_day=AT.time(), email_enabled=email)
+        for u in people
     )
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE")
@@ -205,6 +206,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.3, help="model latency, seconds")
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-email", action="store_true", help="briefs without their email")
     parser.add_argument("--keep", action="store_true", help="keep the bench data afterwards")
     parser.add_argument("--fresh", action="store_true", help="re-create the bench database first")
     args = parser.parse_args()
@@ -212,7 +214,7 @@ def main() -> None:
     print(f"database {connection.settings_dict['NAME']}, {os.cpu_count()} CPUs, load {load()}")
     started = time.perf_counter()
     remove_bench_data()
-    create_world(args.users, AT)
+    create_world(args.users, AT, email=not args.no_email)
     print(
         f"created {args.users:,} users owning {OWNED} of {ORGS} organizations "
         f"({ORGS * CONTACTS_PER_ORG:,} contacts) in {time.perf_counter() - started:.1f} s"
@@ -246,7 +248,7 @@ def main() -> None:
         peak = max_overlap(spans)
     ideal = args.users * args.latency / args.concurrency
     made = DailyBrief.objects.filter(user__username__startswith="bench-")
-    built = made.filter(status="sent", summary_source="llm").count()
+    built = made.filter(status="ready" if args.no_email else "sent", summary_source="llm").count()
     print(
         f"scheduler: {len(decisions):,} preferences decided, job #{job.pk} launched in "
         f"{scheduled:.2f} s"
@@ -254,7 +256,8 @@ def main() -> None:
     print(
         f"job #{job.pk} {job.status}: {job.total:,} briefs in {wall:.2f} s wall "
         f"(ideal {ideal:.2f} s, {wall / ideal:.3f} x ideal, efficiency {ideal / wall:.3f}); "
-        f"{built:,} emailed with a model summary; item p50 {job.p50_ms:.0f} ms, "
+        f"{built:,} {'built' if args.no_email else 'emailed'} with a model summary; "
+        f"item p50 {job.p50_ms:.0f} ms, "
         f"p95 {job.p95_ms:.0f} ms; {len(server.requests):,} model calls, peak {peak} in flight"
     )
     print(

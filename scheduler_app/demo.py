@@ -114,8 +114,8 @@ BRIEF_OWNERS = (
 
 
 def load_brief_demo() -> str:
-    """Owners with brief preferences (superusers own every demo organization), and a first
-    daily_briefs job; unless there are preferences already."""
+    """Owners with brief preferences (superusers own every demo organization), unless there
+    are preferences already; the hourly run (`make run` starts it) makes their briefs."""
     if BriefPreference.objects.exists():
         return "briefs: preferences already there"
     User = get_user_model()
@@ -141,5 +141,4 @@ def load_brief_demo() -> str:
         for admin in User.objects.filter(is_superuser=True):
             admin.owned_organizations.add(*organizations.values())
             BriefPreference.objects.get_or_create(user=admin, defaults={"email_enabled": False})
-        job = engine.launch("daily_briefs", {}, source=Job.Source.SCHEDULE)
-    return f"briefs: {len(BRIEF_OWNERS)} owners with preferences; daily_briefs job #{job.pk}"
+    return f"briefs: {len(BRIEF_OWNERS)} owners with brief preferences"
