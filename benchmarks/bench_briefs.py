@@ -17,7 +17,9 @@ Redis database 8 unless REDIS_URL says otherwise), so nothing else skews it:
    daily_briefs job at the given concurrency; time it from launch to its recorded finish.
 5. Check every brief was built with a model summary and emailed, and print the wall time
    against the ideal N x latency / concurrency, the server's peak of requests in flight,
-   and the load average before and after.
+   the workers' CPU time, and the load average before and after.
+6. For calibration on a shared machine, time a `sleep` job of the same shape (N items of
+   `--latency`, same concurrency, same workers): the engine alone, without the briefs' work.
 
 The budget: within 10 % of the ideal (1,000 x 0.3 s / 50 = 6 s, so at most 6.6 s).
 """
@@ -95,8 +97,9 @@ def remove_bench_data() -> None:
     ScheduledEmail.objects.filter(contact__organization__in=orgs).delete()
     Contact.objects.filter(organization__in=orgs).delete()
     orgs.delete()
-    JobItem.objects.filter(job__kind__in=["daily_briefs", "send_due_emails"]).delete()
-    Job.objects.filter(kind__in=["daily_briefs", "send_due_emails"]).delete()
+    kinds = ["daily_briefs", "send_due_emails", "sleep"]
+    JobItem.objects.filter(job__kind__in=kinds).delete()
+    Job.objects.filter(kind__in=kinds).delete()
 
 
 def create_world(users: int, now: datetime, email: bool = True) -> None:
@@ -241,6 +244,15 @@ def main() -> None:
             load_after = load()
             worker_cpu = cpu_seconds(workers) - cpu_before
             own_cpu = time.process_time() - own_before
+            sleep = engine.launch(
+                "sleep",
+                {"items": args.users, "latency_ms": round(args.latency * 1000)},
+                concurrency=args.concurrency,
+            )
+            while not sleep.is_finished:
+                time.sleep(0.05)
+                sleep.refresh_from_db()
+            sleep_wall = (sleep.finished_at - sleep.created_at).total_seconds()
         finally:
             workers.terminate()
             workers.wait(timeout=60)
@@ -264,6 +276,10 @@ def main() -> None:
         f"CPU: workers {worker_cpu:.2f} s ({worker_cpu / job.total * 1000:.1f} ms per brief), "
         f"this process (the model server) {own_cpu:.2f} s, over {wall:.2f} s on "
         f"{os.cpu_count()} cores"
+    )
+    print(
+        f"calibration: the same shape as a sleep job (the engine alone) took {sleep_wall:.2f} s "
+        f"({sleep_wall / ideal:.3f} x ideal, efficiency {ideal / sleep_wall:.3f})"
     )
     print(f"load average (1/5/15 min): {load_before} before, {load_after} after")
     verdict = "within" if wall <= ideal * 1.10 else "OVER"
