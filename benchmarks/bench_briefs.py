@@ -9,7 +9,8 @@ Redis database 8 unless REDIS_URL says otherwise), so nothing else skews it:
    and migrated if missing) and remove earlier bench data.
 2. Create 200 organizations of 50 contacts with emails around today (pending ones for the
    next 7 days, sent and failed ones yesterday), 3 failed jobs, and N staff users who own 2
-   organizations each, may view contacts, and want a daily brief by email at the same time.
+   organizations each, may view contacts and shipments, and want a daily brief by email at
+   the same time.
 3. Start the test OpenAI server (tests/openai_server.py) in this process, answering after
    `--latency` seconds, and `manage.py run_workers --workers W` pointed at it (limiters
    raised so they do not pace the run; mail to the console, into /dev/null).
@@ -141,13 +142,15 @@ def create_world(users: int, now: datetime, email: bool = True) -> None:
             failed=10,
             failure_counts={"PermanentError\x1f550 mailbox unavailable": 10},
         )
-    view_contact = Permission.objects.get(codename="view_contact")
+    granted = Permission.objects.filter(codename__in=["view_contact", "view_shipment"])
     people = User.objects.bulk_create(
         User(username=f"bench-{n:04d}", email=f"bench{n}@example.com", is_staff=True)
         for n in range(users)
     )
     User.user_permissions.through.objects.bulk_create(
-        User.user_permissions.through(user_id=u.pk, permission_id=view_contact.pk) for u in people
+        User.user_permissions.through(user_id=u.pk, permission_id=p.pk)
+        for u in people
+        for p in granted
     )
     Organization.owners.through.objects.bulk_create(
         Organization.owners.through(organization_id=orgs[(n + k) % ORGS].pk, user_id=u.pk)

@@ -483,7 +483,8 @@ class Context:
     reason: str
     days_since_login: int | None
     organizations: list[tuple[int, str]]
-    job_kinds: list[str]  # kinds whose jobs the user may see
+    job_kinds: list[str]  # kinds whose jobs the user may see, as the dashboard decides
+    shipments: bool = False  # whether the user may see the inbox's shipments
     run_id: int = 0  # the daily_briefs job building it
     built_by: int | None = None  # the daily_briefs job that built it, once built
     summary_source: str = ""
@@ -514,6 +515,7 @@ def load_context(brief_id: int, run_id: int = 0) -> Context | None:
     tz = zone(preference.timezone) or UTC
     last_login = user.last_login.astimezone(tz).date() if user.last_login else None
     organizations = list(user.owned_organizations.order_by("name").values_list("id", "name"))
+    granted = permissions(user)
     return Context(
         brief_id=brief.pk,
         status=brief.status,
@@ -529,7 +531,8 @@ def load_context(brief_id: int, run_id: int = 0) -> Context | None:
         reason=brief.reason,
         days_since_login=days_between(last_login, brief.brief_date),
         organizations=organizations,
-        job_kinds=visible_kinds(user),
+        job_kinds=[kind.name for kind in all_kinds() if may(granted, kind.view_permission)],
+        shipments=shipment_model() is not None and may(granted, "scanner.view_shipment"),
         run_id=run_id,
         built_by=brief.job_id if brief.built_at else None,
         summary_source=brief.summary_source,
@@ -537,24 +540,23 @@ def load_context(brief_id: int, run_id: int = 0) -> Context | None:
     )
 
 
-def visible_kinds(user) -> list[str]:
-    """The job kinds whose jobs (and failures) the user may see, as the dashboard decides.
-
-    The user's permissions, their own and their groups', in one query (ModelBackend's
-    get_all_permissions takes two).
-    """
-    kinds = all_kinds()
+def permissions(user) -> set[str] | None:
+    """The user's permissions ("app.codename"), their own and their groups', in one query
+    (ModelBackend's get_all_permissions takes two); None for a superuser, who has them all."""
     if not user.is_active:
-        return []
+        return set()
     if user.is_superuser:
-        return [kind.name for kind in kinds]
-    granted = {
+        return None
+    return {
         f"{app}.{codename}"
         for app, codename in Permission.objects.filter(Q(user=user) | Q(group__user=user))
         .values_list("content_type__app_label", "codename")
         .distinct()
     }
-    return [kind.name for kind in kinds if kind.view_permission in granted]
+
+
+def may(granted: set[str] | None, permission: str) -> bool:
+    return granted is None or permission in granted
 
 
 _run_jobs: dict[int, list[dict]] = {}  # daily_briefs job id -> failed jobs (run_failed_jobs)
@@ -658,7 +660,7 @@ def jobs_section(ctx: Context) -> dict:
 
 
 def shipment_model():
-    """The scanner's Shipment model, or None while the scanner has none."""
+    """The scanner's Shipment model (None without it: briefs do not need the scanner)."""
     try:
         from scanner.models import Shipment
     except ImportError:
@@ -667,14 +669,18 @@ def shipment_model():
 
 
 def inbox_section(ctx: Context) -> dict:
-    """Shipments the scanner found in the inbox in the last 24 h (not tied to organizations)."""
+    """Shipments the scanner found in the inbox in the last 24 h, newest first.
+
+    Shipments are not tied to organizations: every brief of a user who may see them (the
+    Shipments page's scanner.view_shipment) shows the inbox's, through its first-seen index.
+    """
     Shipment = shipment_model()
     since = timezone.now() - timedelta(hours=24)
     shipments = Shipment.objects.filter(first_seen__gte=since).order_by("-first_seen")
     listed = [
         {
             "tracking_number": s.tracking_number,
-            "carrier": s.carrier,
+            "carrier": s.get_carrier_display(),
             "supplier": s.supplier,
             "po_number": s.po_number,
             "shipped_date": s.shipped_date.isoformat() if s.shipped_date else None,
@@ -699,7 +705,7 @@ def section_builders(ctx: Context) -> list[tuple[dict, Callable, tuple]]:
         )
         for org_id, name in ctx.organizations
     ]
-    if shipment_model() is not None:
+    if ctx.shipments:
         builders.append(({"kind": "inbox", "title": "Inbox"}, inbox_section, (ctx,)))
     builders.append(({"kind": "jobs", "title": "Other failed jobs"}, jobs_section, (ctx,)))
     return builders

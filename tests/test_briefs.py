@@ -12,7 +12,7 @@ from io import StringIO
 from zoneinfo import ZoneInfo
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.core import mail
 from django.core.management import call_command
 from django.db import connection, connections
@@ -482,7 +482,8 @@ def test_a_brief_has_a_section_per_owned_organization_with_its_figures(transacti
     brief, outcome = build(user)
 
     assert brief.status == "sent" and outcome.status == "succeeded"
-    acme, birch, jobs = brief.sections
+    acme, birch, inbox, jobs = brief.sections
+    assert (inbox["kind"], inbox["shipments_count"]) == ("inbox", 0)
     assert acme["title"] == "Acme" and birch["title"] == "Birch"
     assert acme["emails_next_7_days"] == {
         "birthday": 1,
@@ -517,6 +518,48 @@ def test_failed_jobs_show_only_kinds_the_user_may_view(transactional_db, redis_d
     User.objects.filter(pk=user.pk).update(is_superuser=True)
     brief, _ = build(user, date(2026, 6, 11))
     assert {j["kind"] for j in brief.sections[-1]["failed_jobs"]} == {"send_due_emails", "sleep"}
+
+
+def test_the_inbox_section_lists_the_shipments_of_the_last_24_hours(transactional_db, redis_db):
+    from django.utils import timezone
+
+    from scanner.models import Conversation, Shipment
+
+    user = owner("ann", ["Acme"])
+    thread = Conversation.objects.create(source="mailbox", external_id="<t1@example.com>")
+    now = timezone.now()
+    for number, hours in (("1Z999AA10123456784", 2), ("9400111899223197428490", 30)):
+        Shipment.objects.create(
+            tracking_number=number,
+            carrier="ups" if number.startswith("1Z") else "usps",
+            po_number="PO-77",
+            supplier="Acme Parts",
+            shipped_date=date(2026, 6, 9),
+            conversation=thread,
+            first_seen=now - timedelta(hours=hours),
+        )
+
+    brief, _ = build(user)
+    assert [s["kind"] for s in brief.sections] == ["organization", "jobs"]  # no permission
+
+    user.user_permissions.add(Permission.objects.get(codename="view_shipment"))
+    brief, _ = build(user, date(2026, 6, 11))
+    _, inbox, _ = brief.sections
+    assert inbox == {
+        "kind": "inbox",
+        "title": "Inbox",
+        "shipments_count": 1,
+        "shipments": [
+            {
+                "tracking_number": "1Z999AA10123456784",
+                "carrier": "UPS",
+                "supplier": "Acme Parts",
+                "po_number": "PO-77",
+                "shipped_date": "2026-06-09",
+            }
+        ],
+    }
+    assert "Inbox: 1 shipment found in the last 24 hours." in brief.summary
 
 
 def test_a_failing_section_shows_its_error_and_the_others_are_kept(
