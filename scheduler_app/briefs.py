@@ -19,9 +19,10 @@ How briefs get made:
    failing section keeps its error, the others stay), writes the summary through the
    `openai` limiter, and emails the brief, claimed first so it never goes twice.
 
-An item spends most of its time waiting for the model, so a job runs at a high concurrency;
-its queries go through a few database threads per worker process (`DatabaseThreads`) so
-that the job holds a handful of database connections, not one per item thread.
+An item spends most of its time waiting for the model, so a job runs at a high concurrency.
+Its queries run on a few database threads per worker process (`DatabaseThreads`): a brief's
+sections are built on several of them at once, and item threads, which never touch the
+database themselves, take no pooled connection while they wait on the model.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
 from django.contrib.auth.models import Permission
-from django.db import IntegrityError, close_old_connections, connection, connections, transaction
+from django.db import IntegrityError, connection, connections, transaction
 from django.db.models import CharField, DateField, Max, Q, Value
 from django.db.models.functions import Cast
 from django.template.loader import render_to_string
@@ -391,11 +392,12 @@ def launch_keys(params: dict) -> list[tuple[str, dict]]:
 
 
 class DatabaseThreads:
-    """A few threads, each with its own database connection, that run the briefs' queries.
+    """BRIEF_DB_THREADS threads per process that run the briefs' queries.
 
-    Item threads (up to BATCH_MAX_THREADS per runner) would each keep a connection open;
-    these keep BRIEF_DB_THREADS per process, reused from item to item. `close` ends the
-    threads and their connections (tests, and a worker leaving).
+    A brief's sections are built on several at once; each thread takes a connection from
+    the process's pool (DB_POOL_SIZE) for a task and gives it back after, so keep
+    BRIEF_DB_THREADS below DB_POOL_SIZE. `close` ends the threads (tests; a worker's leave
+    ends them too, as daemons).
     """
 
     def __init__(self, size: int):
@@ -422,11 +424,12 @@ class DatabaseThreads:
                 future, fn, args = task
                 if not future.set_running_or_notify_cancel():
                     continue
-                close_old_connections()  # drop a connection the server closed
                 try:
                     future.set_result(fn(*args))
                 except BaseException as exc:
                     future.set_exception(exc)
+                finally:
+                    connections.close_all()  # back to the pool until the next task
         finally:
             connections.close_all()
 
