@@ -248,6 +248,10 @@ OPENAI_TIMEOUT = env_float("OPENAI_TIMEOUT", 60)  # seconds per call
 # USD per million tokens, for the estimated cost in job tallies (gpt-4o-mini's list price).
 OPENAI_PRICE_INPUT = env_float("OPENAI_PRICE_INPUT", 0.15)
 OPENAI_PRICE_OUTPUT = env_float("OPENAI_PRICE_OUTPUT", 0.60)
+# Daily briefs (scheduler_app/briefs.py): the engagement backoff (off: every due user gets a
+# normal brief), and the database threads per worker process that run the briefs' queries.
+BRIEF_BACKOFF = env_bool("BRIEF_BACKOFF", True)
+BRIEF_DB_THREADS = env_int("BRIEF_DB_THREADS", 8)
 FRONT_API_TOKEN = env("FRONT_API_TOKEN")
 FRONT_BASE_URL = env("FRONT_BASE_URL", "https://api2.frontapp.com")
 FRONT_INBOX_ID = env("FRONT_INBOX_ID")  # the inbox `scan_conversations source=front` reads

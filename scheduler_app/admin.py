@@ -11,8 +11,10 @@ from project.kinds import get_kind
 from project.models import Job
 from scheduler_app.jobs import schedule_items
 from scheduler_app.models import (
+    BriefPreference,
     Contact,
     ContactImport,
+    DailyBrief,
     Delivery,
     Mailing,
     Organization,
@@ -27,6 +29,8 @@ class OrganizationAdmin(ModelAdmin):
     list_display = ["name", "contacts_count", "archived", "created_at"]
     list_filter = ["archived"]
     search_fields = ["name"]
+    # Owners get the organization's section in their daily brief.
+    filter_horizontal = ["owners"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(contacts_count=Count("contacts"))
@@ -184,6 +188,34 @@ class DeliveryAdmin(ModelAdmin):
     list_filter = ["status", "mailing__kind"]
     list_select_related = ["mailing", "job"]
     search_fields = ["address", "mailing__title"]
+
+
+@admin.register(BriefPreference)
+class BriefPreferenceAdmin(ModelAdmin):
+    list_display = [
+        "user",
+        "active",
+        "frequency",
+        "day_of_week",
+        "time_of_day",
+        "timezone",
+        "email_enabled",
+    ]
+    list_filter = ["active", "frequency", "email_enabled"]
+    list_select_related = ["user"]
+    search_fields = ["user__username", "user__email", "timezone"]
+    raw_id_fields = ["user"]
+
+
+@admin.register(DailyBrief)
+class DailyBriefAdmin(ModelAdmin):
+    """Briefs are records of what was sent: read-only."""
+
+    list_display = ["user", "brief_date", "status", "is_reengagement", "reason", "sent_at"]
+    list_filter = ["status", "is_reengagement", "summary_source", "brief_date"]
+    list_select_related = ["user"]
+    search_fields = ["user__username", "user__email"]
+    date_hierarchy = "brief_date"
 
     def has_add_permission(self, request) -> bool:
         return False

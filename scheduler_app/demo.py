@@ -8,13 +8,14 @@ Deterministic (random.Random(1)), so every fresh checkout shows the same dashboa
 from __future__ import annotations
 
 import random
-from datetime import date, timedelta
+from datetime import date, time, timedelta
 
+from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from project import engine
 from project.models import Job
-from scheduler_app.models import Contact, Organization, Subscription, Topic
+from scheduler_app.models import BriefPreference, Contact, Organization, Subscription, Topic
 
 ORGANIZATIONS = ("Sunrise Senior Benefits", "Lakeside Insurance Group", "Prairie Health Advisors")
 CONTACTS = 1500
@@ -86,7 +87,7 @@ def make_subscriptions(contacts: list[Contact], rng: random.Random):
 def load_demo() -> str:
     """Create the demo contacts unless there are contacts already; return one line saying what."""
     if Contact.objects.exists():
-        return "scheduler: contacts already there"
+        return f"scheduler: contacts already there; {load_brief_demo()}"
     rng = random.Random(1)
     with transaction.atomic():
         organizations = [Organization.objects.create(name=name) for name in ORGANIZATIONS]
@@ -100,5 +101,44 @@ def load_demo() -> str:
     return (
         f"scheduler: {len(organizations)} organizations, {CONTACTS:,} contacts with topic "
         f"subscriptions; "
-        f"schedule_emails job #{job.pk} planning (the workers run it)"
+        f"schedule_emails job #{job.pk} planning (the workers run it); {load_brief_demo()}"
     )
+
+
+# Staff users who own the demo organizations, and their brief preferences:
+# (username, organizations, time zone, time, frequency, day of week, email).
+BRIEF_OWNERS = (
+    ("dana", ORGANIZATIONS[:2], "America/New_York", time(7, 0), "daily", 0, True),
+    ("lee", ORGANIZATIONS[2:], "America/Los_Angeles", time(8, 30), "weekly", 0, False),
+)
+
+
+def load_brief_demo() -> str:
+    """Owners with brief preferences (superusers own every demo organization), unless there
+    are preferences already; the hourly run (`make run` starts it) makes their briefs."""
+    if BriefPreference.objects.exists():
+        return "briefs: preferences already there"
+    User = get_user_model()
+    organizations = {o.name: o for o in Organization.objects.filter(name__in=ORGANIZATIONS)}
+    with transaction.atomic():
+        for username, owned, zone, at, frequency, day, email in BRIEF_OWNERS:
+            user, created = User.objects.get_or_create(
+                username=username,
+                defaults={"email": f"{username}@example.com", "is_staff": True},
+            )
+            if created:
+                user.set_unusable_password()
+                user.save(update_fields=["password"])
+            user.owned_organizations.add(*(organizations[n] for n in owned if n in organizations))
+            BriefPreference.objects.create(
+                user=user,
+                timezone=zone,
+                time_of_day=at,
+                frequency=frequency,
+                day_of_week=day,
+                email_enabled=email,
+            )
+        for admin in User.objects.filter(is_superuser=True):
+            admin.owned_organizations.add(*organizations.values())
+            BriefPreference.objects.get_or_create(user=admin, defaults={"email_enabled": False})
+    return f"briefs: {len(BRIEF_OWNERS)} owners with brief preferences"

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from scheduler_app import rules
-from scheduler_app.models import ContactImport, Mailing, Organization
+from scheduler_app.models import BriefPreference, ContactImport, Mailing, Organization
 
 MAX_ID = 2**63 - 1  # PostgreSQL bigint
 
@@ -293,3 +293,48 @@ class GatherRecipientsForm(forms.Form):
                     f"this {earlier.kind} was sent before with {name} {was!r}; keep it, or "
                     "change the title or start to send a new one",
                 )
+
+
+class BriefsForm(forms.Form):
+    """The parameters of a `daily_briefs` job launched by hand (the scheduler names its users)."""
+
+    users = forms.CharField(
+        required=False,
+        help_text="Usernames, comma-separated. Empty: every user with an active preference.",
+    )
+    brief_date = forms.DateField(
+        required=False,
+        label="Day",
+        help_text="The briefs' day. Default: today in each user's zone.",
+    )
+
+    def clean_users(self) -> str:
+        from django.contrib.auth import get_user_model
+
+        names = sorted({n.strip() for n in self.cleaned_data["users"].split(",") if n.strip()})
+        User = get_user_model()
+        known = set(
+            User.objects.filter(**{f"{User.USERNAME_FIELD}__in": names}).values_list(
+                User.USERNAME_FIELD, flat=True
+            )
+        )
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise forms.ValidationError(f"no user named {', '.join(map(repr, unknown[:5]))}")
+        return ",".join(names)
+
+
+class BriefPreferenceForm(forms.ModelForm):
+    """A user's own brief settings (the Briefs page)."""
+
+    class Meta:
+        model = BriefPreference
+        fields = ["active", "frequency", "day_of_week", "time_of_day", "timezone", "email_enabled"]
+        widgets = {"time_of_day": forms.TimeInput(attrs={"type": "time"}, format="%H:%M")}
+        labels = {
+            "active": "Send me briefs",
+            "day_of_week": "Day (weekly briefs)",
+            "time_of_day": "Time",
+            "timezone": "Time zone",
+            "email_enabled": "Also email them to me",
+        }

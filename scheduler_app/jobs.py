@@ -35,8 +35,9 @@ from django.utils import timezone
 from project.kinds import Item, JobKind, Outcome, Page, PermanentError, TransientError, register
 from project.models import Job
 from project.ratelimit import get_limiter
-from scheduler_app import importer, recipients, rules
+from scheduler_app import briefs, importer, recipients, rules
 from scheduler_app.forms import (
+    BriefsForm,
     GatherRecipientsForm,
     ImportJobForm,
     ScheduleForm,
@@ -46,6 +47,7 @@ from scheduler_app.forms import (
 from scheduler_app.models import (
     Contact,
     ContactImportPart,
+    DailyBrief,
     Delivery,
     Organization,
     RecipientGroup,
@@ -580,3 +582,108 @@ class GatherRecipientsKind(JobKind):
 
     def results_url(self, job: Job) -> str:
         return reverse("job_recipients", args=[job.pk])
+
+
+# -- Daily briefs ----------------------------------------------------------------------------
+
+
+@register
+class DailyBriefsKind(JobKind):
+    """One brief per item (keyed by user id, its DailyBrief id in `data`): build, summarize,
+    email. Launched every hour by `schedule_briefs` (scheduler_app/briefs.py), or by hand."""
+
+    name = briefs.KIND
+    label = "Daily briefs"
+    description = (
+        "Build each user's brief (a section per organization they own, a summary) and email it."
+    )
+    form_class = BriefsForm
+    # Briefs show organizations' figures and jobs' errors to their own users only.
+    view_permission = "scheduler_app.view_dailybrief"
+    limiter = "openai"
+    default_concurrency = 20
+    timeout = 120
+
+    def item_keys(self, job: Job) -> Iterable[tuple[str, dict]]:
+        return briefs.launch_keys(job.params)
+
+    def run_item(self, job: Job, item: Item) -> Outcome:
+        """Build one brief and email it, each at most once.
+
+        1. Load the brief, its user and organizations (on a database thread, as every query
+           here: see briefs.DatabaseThreads).
+        2. If it is still pending: build its sections concurrently, write the summary (the
+           model, or the template), and store both unless another run stored them first;
+           the same conditional UPDATE claims the email when the user wants one.
+        3. Otherwise, if the user wants email, claim it with a conditional UPDATE. Send it
+           through the `smtp` limiter and record how it went. A transient failure gives the
+           claim back for the engine's retry, which finds the brief built and only sends.
+        """
+        db = briefs.database_threads()
+        brief_id = (item.data or {}).get("brief")
+        if brief_id is None:
+            raise PermanentError("the item names no brief")
+        ctx = db.run(briefs.load_context, brief_id, job.pk, deadline=item.deadline)
+        if ctx is None:
+            return Outcome("skipped", "the brief no longer exists")
+        who = f"brief of {ctx.username} for {ctx.brief_date}"
+        tallies: dict[str, int] = {}
+        claimed = False
+        if ctx.status == DailyBrief.Status.PENDING:
+            sections = briefs.build_sections(ctx, item.deadline)
+            summary = briefs.write_summary(ctx, sections, item.deadline)
+            # The email is claimed by the same UPDATE that stores the brief.
+            claim = ctx.email_enabled and bool(ctx.email)
+            if db.run(briefs.save_built, ctx, sections, summary, job.pk, claim):
+                claimed = claim
+                failed = sum(1 for s in sections if s.get("error"))
+                tallies = {
+                    "briefs": 1,
+                    f"{summary.source}_summaries": 1,
+                    "reengagement": int(ctx.is_reengagement),
+                    "failed_sections": failed,
+                    "llm_tokens": summary.tokens,
+                }
+                who += f": {len(sections)} sections" + (f", {failed} failed" if failed else "")
+                who += f", {summary.source} summary"
+            else:
+                ctx = db.run(briefs.load_context, brief_id, job.pk, deadline=item.deadline)
+        elif ctx.built_by == job.pk and item.attempt > 1:
+            # An earlier attempt of this item built it, then failed to email it: count it here.
+            tallies = {"briefs": 1, f"{ctx.summary_source}_summaries": 1}
+        if not (ctx.email_enabled and ctx.status == DailyBrief.Status.READY):
+            if tallies:
+                return Outcome("succeeded", who, tallies)
+            return Outcome("skipped", f"{who}: {ctx.status} already")
+        return self.email(ctx, item, who, tallies, claimed)
+
+    def email(self, ctx, item: Item, who: str, tallies: dict, claimed: bool) -> Outcome:
+        db = briefs.database_threads()
+        if not ctx.email:
+            db.run(briefs.settle_email, ctx.brief_id, {"error": "the user has no email address"})
+            return Outcome("succeeded", f"{who}; not emailed: no address", tallies)
+        get_limiter("smtp").acquire()
+        if not (claimed or db.run(briefs.claim_email, ctx.brief_id, deadline=item.deadline)):
+            return Outcome(
+                "succeeded" if tallies else "skipped", f"{who}; email claimed already", tallies
+            )
+        try:
+            subject, body = briefs.render_email(ctx)
+            # Reference: https://docs.djangoproject.com/en/6.1/topics/email/#emailmessage-objects
+            if not EmailMessage(subject, body, to=[ctx.email]).send():
+                raise PermanentError(f"the mailer accepted no message for {ctx.email!r}")
+        except Exception as exc:
+            error = str(exc) if isinstance(exc, PermanentError) else f"{type(exc).__name__}: {exc}"
+            if is_transient_send(exc):
+                db.run(
+                    briefs.settle_email,
+                    ctx.brief_id,
+                    {"email_claimed_at": None, "error": f"email: {error}"},
+                )
+                raise TransientError(error) from exc
+            failed = {"status": DailyBrief.Status.EMAIL_FAILED, "error": f"email: {error}"[:2000]}
+            db.run(briefs.settle_email, ctx.brief_id, failed)
+            raise PermanentError(error) from exc
+        sent = {"status": DailyBrief.Status.SENT, "sent_at": timezone.now()}
+        db.run(briefs.settle_email, ctx.brief_id, sent)
+        return Outcome("succeeded", f"{who}; emailed to {ctx.email}", tallies | {"emailed": 1})

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
-from datetime import date, timedelta
+from datetime import date, time, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import OuterRef, Q, Subquery
@@ -34,6 +36,11 @@ class Organization(models.Model):
             "For a test organization: when set, only these addresses (one per line) receive "
             "topic emails."
         ),
+    )
+
+    # Staff users who run the account; each one's brief has a section for it (briefs.py).
+    owners = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, blank=True, related_name="owned_organizations"
     )
 
     objects = OrganizationQuerySet.as_manager()
@@ -199,6 +206,12 @@ class ScheduledEmail(models.Model):
             ),
             # The schedule overview: emails per week by type.
             models.Index(fields=["send_date", "type"], name="scheduledemail_date_type_idx"),
+            # Daily briefs: emails sent or failed yesterday, by when they were claimed.
+            models.Index(
+                fields=["claimed_at"],
+                name="scheduledemail_claimed_idx",
+                condition=Q(claimed_at__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -482,3 +495,111 @@ class Delivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.address} ({self.status})"
+
+
+# -- Daily briefs ----------------------------------------------------------------------------
+
+
+def check_timezone(name: str) -> None:
+    """Raise ValidationError unless `name` is an IANA time zone zoneinfo knows."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValidationError(f"{name!r} is not an IANA time zone (e.g. America/Chicago)") from None
+
+
+class BriefPreference(models.Model):
+    """When and how a user gets a brief; `manage.py schedule_briefs` reads it every hour."""
+
+    class Frequency(models.TextChoices):
+        DAILY = "daily"
+        WEEKLY = "weekly"
+
+    class Weekday(models.IntegerChoices):
+        MONDAY = 0
+        TUESDAY = 1
+        WEDNESDAY = 2
+        THURSDAY = 3
+        FRIDAY = 4
+        SATURDAY = 5
+        SUNDAY = 6
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="brief_preference"
+    )
+    timezone = models.CharField(
+        max_length=64,
+        default="UTC",
+        validators=[check_timezone],
+        help_text="IANA time zone name, e.g. America/Chicago.",
+    )
+    time_of_day = models.TimeField(default=time(7, 0), help_text="Wall time in that zone.")
+    frequency = models.CharField(max_length=10, choices=Frequency, default=Frequency.DAILY)
+    day_of_week = models.PositiveSmallIntegerField(
+        choices=Weekday, default=Weekday.MONDAY, help_text="The day of a weekly brief."
+    )
+    active = models.BooleanField(default=True, help_text="Off: no briefs at all.")
+    email_enabled = models.BooleanField(default=True, help_text="Also email each brief.")
+
+    class Meta:
+        ordering = ["user_id"]
+
+    def __str__(self) -> str:
+        return f"brief preference of {self.user}"
+
+
+class DailyBrief(models.Model):
+    """One user's brief for one day: a section per owned organization and a summary.
+
+    Created `pending` by the scheduler (or a launch) together with its job item; the item
+    builds it (`ready`) and emails it when the user wants email (`sent`).
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        READY = "ready"
+        SENT = "sent"
+        EMAIL_FAILED = "email_failed", "email failed"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="daily_briefs"
+    )
+    brief_date = models.DateField(help_text="The day of the brief in the user's time zone.")
+    status = models.CharField(max_length=12, choices=Status, default=Status.PENDING)
+    sections = models.JSONField(default=list, blank=True)
+    summary = models.TextField(blank=True)
+    summary_source = models.CharField(
+        max_length=10, blank=True, help_text="llm, or template when no model wrote it."
+    )
+    is_reengagement = models.BooleanField(default=False)
+    reason = models.CharField(max_length=40, blank=True, help_text="Why it was sent.")
+    job = models.ForeignKey(
+        "project.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    built_at = models.DateTimeField(null=True, blank=True)
+    # Set by a conditional UPDATE before the email goes, so it never goes twice.
+    email_claimed_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True, help_text="Why the summary or the email fell short.")
+
+    class Meta:
+        ordering = ["-brief_date", "-id"]
+        constraints = [
+            # One brief per user and day: a second scheduler racing the first inserts
+            # ON CONFLICT DO NOTHING and queues only the briefs it created. Its index also
+            # serves a user's brief list and the scheduler's last-brief date per user.
+            models.UniqueConstraint(
+                fields=["user", "brief_date"], name="dailybrief_user_date_uniq"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"brief for {self.user} on {self.brief_date}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("brief", args=[self.pk])
+
+    @property
+    def failed_sections(self) -> int:
+        return sum(1 for section in self.sections if section.get("error"))

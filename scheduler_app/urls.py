@@ -23,4 +23,7 @@ urlpatterns = [
         views.job_recipients_csv,
         name="job_recipients_csv",
     ),
+    path("briefs/", views.brief_list, name="brief_list"),
+    path("briefs/settings/", views.brief_preferences, name="brief_preferences"),
+    path("briefs/<int:brief_id>/", views.brief, name="brief"),
 ]

@@ -31,13 +31,21 @@ from project import engine
 from project.models import Job
 from scheduler_app import importer, recipients, rules
 from scheduler_app.forms import (
+    BriefPreferenceForm,
     ContactFilterForm,
     ContactImportForm,
     OverviewFilterForm,
     ScheduleForm,
 )
 from scheduler_app.jobs import horizon_end
-from scheduler_app.models import Contact, ContactImport, Delivery, ScheduledEmail
+from scheduler_app.models import (
+    BriefPreference,
+    Contact,
+    ContactImport,
+    DailyBrief,
+    Delivery,
+    ScheduledEmail,
+)
 
 CONTACTS_PER_PAGE = 50
 ERRORS_SHOWN = 200
@@ -395,3 +403,56 @@ def job_recipients_csv(request: HttpRequest, job_id: int) -> HttpResponse:
             ]
         )
     return response
+
+
+# -- Daily briefs ----------------------------------------------------------------------------
+
+BRIEFS_PER_PAGE = 30
+
+
+def _get_brief(request: HttpRequest, brief_id: int) -> DailyBrief:
+    """The brief, or 404: users see their own briefs; with view_dailybrief, anyone's."""
+    found = DailyBrief.objects.select_related("user", "job")
+    if not request.user.has_perm("scheduler_app.view_dailybrief"):
+        found = found.filter(user=request.user)
+    return get_object_or_404(found, pk=brief_id)
+
+
+@login_required
+def brief_list(request: HttpRequest) -> HttpResponse:
+    """The user's own briefs, newest first, and their brief settings."""
+    found = DailyBrief.objects.filter(user=request.user).defer("sections")
+    page = Paginator(found, BRIEFS_PER_PAGE).get_page(request.GET.get("page"))
+    context = {
+        "page": page,
+        "preference": BriefPreference.objects.filter(user=request.user).first(),
+        "organizations": request.user.owned_organizations.order_by("name"),
+    }
+    return render(request, "scheduler_app/brief_list.html", context)
+
+
+@login_required
+def brief(request: HttpRequest, brief_id: int) -> HttpResponse:
+    """One brief; while it is being built, `#brief` is polled every 2 seconds."""
+    found = _get_brief(request, brief_id)
+    building = found.status == DailyBrief.Status.PENDING
+    context = {"brief": found, "building": building}
+    if request.htmx and not request.htmx.history_restore_request:
+        html = render_to_string("scheduler_app/brief_detail.html#brief", context, request)
+        return HttpResponse(html) if building else HttpResponseStopPolling(html)
+    return render(request, "scheduler_app/brief_detail.html", context)
+
+
+@login_required
+def brief_preferences(request: HttpRequest) -> HttpResponse:
+    """The user's own brief settings: when, how often, in which zone, by email or not."""
+    preference = BriefPreference.objects.filter(user=request.user).first()
+    preference = preference or BriefPreference(user=request.user)
+    form = BriefPreferenceForm(request.POST or None, instance=preference)
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        messages.success(request, "Brief settings saved.")
+        return redirect("brief_list")
+    status = 400 if form.errors else 200
+    context = {"form": form}
+    return render(request, "scheduler_app/brief_preferences.html", context, status=status)

@@ -37,10 +37,16 @@ def worker_command(queues: list[str]) -> list[str]:
     ]
 
 
-class Slot:
-    """One worker process and when to restart it."""
+def cron_command() -> list[str]:
+    """The command line of RQ's cron scheduler with the project's recurring jobs."""
+    return [sys.executable, "-m", "django", "rqcron", "scheduler_app.cron"]
 
-    def __init__(self):
+
+class Slot:
+    """One worker process (or the cron scheduler) and when to restart it."""
+
+    def __init__(self, command: list[str] | None = None):
+        self.command = command
         self.process: subprocess.Popen | None = None
         self.started = 0.0
         self.failures = 0
@@ -50,13 +56,15 @@ class Slot:
 class Supervisor:
     """Keeps N worker processes alive, restarting a failing one with exponential backoff."""
 
-    def __init__(self, workers: int, stdout=None):
+    def __init__(self, workers: int, stdout=None, cron: bool = False):
         self.slots = [Slot() for _ in range(workers)]
+        if cron:
+            self.slots.append(Slot(cron_command()))
         self.stdout = stdout or sys.stdout
         self.stopping = False
 
     def spawn(self, slot: Slot) -> None:
-        slot.process = subprocess.Popen(worker_command(list(settings.RQ_QUEUES)))
+        slot.process = subprocess.Popen(slot.command or worker_command(list(settings.RQ_QUEUES)))
         slot.started = time.monotonic()
 
     def stop(self, *_args) -> None:
@@ -67,8 +75,10 @@ class Supervisor:
         signal.signal(signal.SIGINT, self.stop)
         for slot in self.slots:
             self.spawn(slot)
+        workers = sum(1 for slot in self.slots if slot.command is None)
+        cron = " and the cron scheduler (scheduler_app.cron)" if workers < len(self.slots) else ""
         self.stdout.write(
-            f"{len(self.slots)} workers on queues {', '.join(settings.RQ_QUEUES)}; "
+            f"{workers} workers{cron} on queues {', '.join(settings.RQ_QUEUES)}; "
             "Ctrl-C stops them\n"
         )
         try:
@@ -115,9 +125,14 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+        parser.add_argument(
+            "--cron",
+            action="store_true",
+            help="also run RQ's cron scheduler (the hourly schedule_briefs); on one machine",
+        )
 
-    def handle(self, *args, workers: int, **options):
+    def handle(self, *args, workers: int, cron: bool, **options):
         if workers < 1:
             self.stderr.write("--workers must be at least 1")
             sys.exit(2)
-        Supervisor(workers, self.stdout).run()
+        Supervisor(workers, self.stdout, cron=cron).run()

@@ -1,4 +1,4 @@
-"""The local run: the web server and the workers in the foreground until Ctrl-C."""
+"""The local run: the web server, the workers and the cron scheduler until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class Command(BaseCommand):
         )
         self.stdout.write(self.style.SUCCESS(f"Dashboard: http://127.0.0.1:{port}/"))
         try:
-            Supervisor(workers, self.stdout).run()
+            Supervisor(workers, self.stdout, cron=True).run()
         finally:
             web.terminate()
             web.wait(timeout=10)
