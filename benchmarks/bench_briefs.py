@@ -227,9 +227,6 @@ def main() -> None:
     )
     answer = "Two organizations, 14 emails this week; 5 failed yesterday, worth a look."
     with OpenAIServer(latency=args.latency, answer=lambda body: answer) as server:
-        # The server writes a reply's headers and body apart; with Nagle's algorithm on, the
-        # body waited for the client's delayed ACK of the headers: ~40 ms more per call.
-        server._httpd.RequestHandlerClass.disable_nagle_algorithm = True
         workers = start_workers(args.workers, server)
         others = live_workers() - args.workers
         if others:
