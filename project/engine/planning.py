@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import traceback
 import uuid
 from collections.abc import Iterable
@@ -208,7 +209,9 @@ def run_planner(job_id: int) -> None:
     kind = get_kind(job.kind)
     lease = timedelta(seconds=settings.BATCH_LEASE_SECONDS)
     try:
+        began = time.monotonic()
         for page in kind.plan(job, job.plan_cursor):
+            made = time.monotonic()
             stopped = Job.objects.filter(pk=job_id).values_list("planning_done", flat=True).get()
             if stopped:  # cancelled meanwhile
                 return
@@ -217,6 +220,14 @@ def run_planner(job_id: int) -> None:
                 Job.objects.filter(pk=job_id).update(
                     plan_cursor=page.cursor, planner_lease_until=Now() + lease
                 )
+            log.debug(
+                "planner of job %s: %d items, made in %.3f s, stored in %.3f s",
+                job_id,
+                len(page.items),
+                made - began,
+                time.monotonic() - made,
+            )
+            began = time.monotonic()
     except Exception as exc:
         log.exception("planner of job %s failed", job_id)
         fail_planning(job_id, exc)

@@ -319,6 +319,10 @@ class SlotPool:
         self.count_held_elsewhere = count_held_elsewhere
         self.lock = threading.Condition()
         self.held = self.in_use = self.waiting = self.phantoms = 0
+        # This runner's fair share, from the last balance: threads start no more than this
+        # at once, so the tokens above it go back to Redis as items finish, for the runners
+        # that joined later (else a busy runner re-uses every token it holds).
+        self.target = limit
         self.others: list[int] = []
         self.next_reclaim = 0.0
 
@@ -327,7 +331,7 @@ class SlotPool:
         with self.lock:
             self.waiting += 1
             try:
-                while self.in_use >= self.held:
+                while self.in_use >= min(self.held, self.target):
                     if self.stopping.is_set():
                         return False
                     self.lock.wait(0.1)
@@ -371,6 +375,8 @@ class SlotPool:
             if refresh or not self.slots.epoch:
                 self.refresh(demand)
             target = fair_share(self.limit, demand, self.others)
+            with self.lock:
+                self.target = target
             if self.held < target:
                 got = self.slots.take(target - self.held)
                 if got:
