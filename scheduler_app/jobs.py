@@ -31,6 +31,7 @@ from django.db.models import Q, QuerySet
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from project.engine import bound_cursor
 from project.kinds import Item, JobKind, Outcome, Page, PermanentError, TransientError, register
 from project.models import Job
 from project.ratelimit import get_limiter
@@ -181,7 +182,7 @@ def label(email: rules.Email) -> str:
 INSERT_SQL = """
 INSERT INTO {table} (contact_id, type, send_date, reason, job_id, status, error, created_at)
 SELECT c, t, d, r, %s, 'pending', '', %s
-FROM unnest(%s::bigint[], %s::text[], %s::date[], %s::text[]) AS e(c, t, d, r)
+FROM unnest(%b::bigint[], %b::text[], %b::date[], %b::text[]) AS e(c, t, d, r)
 ON CONFLICT (contact_id, type, send_date) DO NOTHING
 """
 
@@ -192,7 +193,7 @@ ON CONFLICT (contact_id, type, send_date) DO NOTHING
 # batch, and a status or date condition the partial index of all pending emails by date.
 EMAILS_OF_SQL = """
 SELECT e.id, e.contact_id, e.type, e.send_date, e.reason, e.status, e.claimed_at
-FROM unnest(%s::bigint[]) AS c(id)
+FROM unnest(%b::bigint[]) AS c(id)
 CROSS JOIN LATERAL (SELECT * FROM {table} AS e WHERE e.contact_id = c.id OFFSET 0) AS e
 """
 
@@ -200,7 +201,7 @@ CROSS JOIN LATERAL (SELECT * FROM {table} AS e WHERE e.contact_id = c.id OFFSET 
 def emails_of(contact_ids: list[int]) -> list[tuple]:
     """(id, contact_id, type, send_date, reason, status, claimed_at) of the contacts' emails."""
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
+        with bound_cursor() as cursor:
             cursor.execute(EMAILS_OF_SQL.format(table=ScheduledEmail._meta.db_table), [contact_ids])
             return cursor.fetchall()
     return list(
@@ -268,16 +269,16 @@ class NewEmails:
     def insert(self, job_id: int, keys: list[tuple[int, str, date]]) -> None:
         """Insert new pending emails: one INSERT ... SELECT FROM unnest(arrays) on PostgreSQL.
 
-        Four array parameters instead of a model instance and eight parameters per email,
-        which made Django's bulk_create the slowest step of a run. Elsewhere (SQLite for
-        local runs) bulk_create.
+        Four array parameters, bound on the server in binary (engine.bound_cursor), instead
+        of a model instance and eight parameters per email, which made Django's bulk_create
+        the slowest step of a run. Elsewhere (SQLite for local runs) bulk_create.
         """
         if not keys:
             return
         if connection.vendor == "postgresql":
             contact_ids, types, dates = (list(column) for column in zip(*keys, strict=True))
             reasons = [self.emails[key] for key in keys]
-            with connection.cursor() as cursor:
+            with bound_cursor() as cursor:
                 cursor.execute(
                     INSERT_SQL.format(table=ScheduledEmail._meta.db_table),
                     [job_id, timezone.now(), contact_ids, types, dates, reasons],

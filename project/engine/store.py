@@ -1,13 +1,15 @@
 """The engine's statements on JobItem rows: insert, claim, renew, write, release.
 
-On PostgreSQL each is one round trip with arrays as parameters; Django's bulk helpers cost
-more than the work itself for fast items. Every lease is set and compared with the
-database's clock (`now()`), never a worker's, so machines need not agree on the time.
-Other databases (SQLite for local runs, one machine) take the plain ORM path.
+On PostgreSQL each is one round trip with arrays as parameters, bound on the server
+(`bound_cursor`); Django's bulk helpers cost more than the work itself for fast items.
+Every lease is set and compared with the database's clock (`now()`), never a worker's, so
+machines need not agree on the time. Other databases (SQLite for local runs, one machine)
+take the plain ORM path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,6 +23,31 @@ from django.utils import timezone
 from project.models import JobItem
 
 TABLE = JobItem._meta.db_table
+
+
+@contextlib.contextmanager
+def bound_cursor():
+    """A cursor of the current connection whose parameters travel apart from the statement.
+
+    Django's PostgreSQL cursors bind client-side: psycopg quotes every element of an array
+    parameter into the SQL text, in Python, and PostgreSQL parses it back. For the engine's
+    arrays of thousands of ids, timestamps and texts that was the largest single CPU cost of
+    a runner (BENCHMARKS.md). Server-side binding sends them as parameters instead. Same
+    connection, so same transaction; errors are Django's, as from `connection.cursor()`.
+    Arrays go as `%b` (binary): psycopg's text format escapes each element with a regular
+    expression, six times the CPU of the binary one.
+    """
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        raw = ServerBindingCursor(connection.connection)
+    if connection.queries_logged:
+        cursor = connection.make_debug_cursor(raw)
+    else:
+        cursor = connection.make_cursor(raw)
+    with cursor:
+        yield cursor
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +93,7 @@ def claim(
     rows = []
     conditions = SUSPECT_CONDITIONS if suspects else CLAIM_CONDITIONS
     limit = 1 if suspects else limit
-    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+    with transaction.atomic(savepoint=False), bound_cursor() as cursor:
         probe_by_index(cursor)
         for condition in conditions:
             params = {"owner": owner, "lease": lease, "job": job_id, "limit": limit - len(rows)}
@@ -138,7 +165,7 @@ def renew(job_id: int, owner: str, lease: float) -> int:
         return JobItem.objects.filter(
             job_id=job_id, status=JobItem.Status.RUNNING, claimed_by=owner
         ).update(lease_until=timezone.now() + timedelta(seconds=lease))
-    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+    with transaction.atomic(savepoint=False), bound_cursor() as cursor:
         probe_by_index(cursor)
         cursor.execute(RENEW_SQL.format(table=TABLE), [lease, job_id, owner])
         return cursor.rowcount
@@ -149,11 +176,11 @@ UPDATE {table} AS item SET
     status = v.status, attempts = v.attempts, error_type = v.error_type,
     error_message = v.error_message, duration_ms = v.duration_ms, result = v.result,
     started_at = v.started_at, finished_at = v.finished_at, lease_until = NULL
-FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[], %s::float8[],
-            %s::text[], %s::timestamptz[], %s::timestamptz[])
+FROM unnest(%b::bigint[], %b::text[], %b::int[], %b::text[], %b::text[], %b::float8[],
+            %b::text[], %b::timestamptz[], %b::timestamptz[])
     AS v(id, status, attempts, error_type, error_message, duration_ms, result,
          started_at, finished_at)
-WHERE item.id = v.id AND item.id = ANY(%s::bigint[])
+WHERE item.id = v.id AND item.id = ANY(%b::bigint[])
     AND item.claimed_by = %s AND item.lease_until IS NOT NULL
 RETURNING item.id
 """
@@ -185,7 +212,7 @@ def write(results: list, owner: str) -> set[int]:
         [r.started_at for r in results],
         [r.finished_at for r in results],
     ]
-    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+    with transaction.atomic(savepoint=False), bound_cursor() as cursor:
         # The items by primary key (id = ANY), hashed against the results: with statistics
         # that expect no running item, a nested loop walked the whole table per flush.
         cursor.execute(
@@ -245,7 +272,7 @@ WITH added AS (
     INSERT INTO {table} (job_id, key, data, status, attempts, claims, error_type,
                          error_message, result, claimed_by)
     SELECT %s, k, d::jsonb, 'pending', 0, 0, '', '', '', ''
-    FROM unnest(%s::text[], %s::text[]) AS u(k, d)
+    FROM unnest(%b::text[], %b::text[]) AS u(k, d)
     ON CONFLICT DO NOTHING
     RETURNING 1
 )
@@ -270,7 +297,7 @@ def insert(job_id: int, items: Iterable) -> int:
             continue
         keys = [k for k, _ in pairs]
         data = [None if d is None else json.dumps(d) for _, d in pairs]
-        with connection.cursor() as cursor:
+        with bound_cursor() as cursor:
             cursor.execute(INSERT_SQL.format(table=TABLE), [job_id, keys, data])
             added += cursor.fetchone()[0]
     return added
