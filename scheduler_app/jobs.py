@@ -114,7 +114,7 @@ class ScheduleEmailsKind(JobKind):
     def run_batch(self, job: Job, items: list[Item]) -> dict[str, Outcome | Exception]:
         """Schedule a batch of contacts: one query to read, then NewEmails.save() writes.
 
-        1. Load the contacts' rule fields in one query.
+        1. Load the contacts' rule fields in one query (rule_fields_of).
         2. Compute each valid contact's emails; a contact with bad data fails alone and its
            pending emails are left as they are.
         3. Make the valid contacts' pending emails inside the horizon equal to the new
@@ -126,9 +126,7 @@ class ScheduleEmailsKind(JobKind):
             contact_id = int(item.key)
             keys[contact_id] = item.key
             positions[contact_id] = (item.data or {}).get("position", 0)
-        rows = Contact.objects.filter(id__in=keys).values_list(
-            "id", "state", "birth_date", "effective_date"
-        )
+        rows = rule_fields_of(list(keys))
         outcomes: dict[str, Outcome | Exception] = {}
         valid_ids = []
         new_emails = NewEmails()
@@ -185,6 +183,28 @@ SELECT c, t, d, r, %s, 'pending', '', %s
 FROM unnest(%b::bigint[], %b::text[], %b::date[], %b::text[]) AS e(c, t, d, r)
 ON CONFLICT (contact_id, type, send_date) DO NOTHING
 """
+
+
+CONTACTS_SQL = """
+SELECT id, state, birth_date, effective_date FROM {table} WHERE id = ANY(%b::bigint[])
+"""
+
+
+def rule_fields_of(contact_ids: list[int]) -> list[tuple]:
+    """(id, state, birth_date, effective_date) of the contacts that still exist.
+
+    On PostgreSQL one statement with the ids as a binary array: through the ORM, building
+    and reading 500 rows took six times the CPU (BENCHMARKS.md).
+    """
+    if connection.vendor == "postgresql":
+        with bound_cursor() as cursor:
+            cursor.execute(CONTACTS_SQL.format(table=Contact._meta.db_table), [contact_ids])
+            return cursor.fetchall()
+    return list(
+        Contact.objects.filter(id__in=contact_ids).values_list(
+            "id", "state", "birth_date", "effective_date"
+        )
+    )
 
 
 # Every email of the listed contacts, one index probe per contact. The contact is the only
