@@ -2,16 +2,18 @@
 
     .venv/bin/python benchmarks/bench_schedule.py [--contacts 100000] [--workers 2] [--fresh]
 
-It runs in a database of its own (`batchboard_bench` on the local PostgreSQL, and Redis
-database 3), so nothing else skews it:
+It runs in a database of its own (`batchboard_bench` on the local PostgreSQL, or
+BENCH_DATABASE, and Redis database 3 unless REDIS_URL names another), so nothing else
+skews it:
 1. With --fresh, drop and create the database and migrate it, as a new customer's is;
    otherwise reuse it (created and migrated if missing) and remove earlier bench data.
 2. Create N contacts in 10 organizations "bench-0".."bench-9" (bulk_create).
 3. Start `manage.py run_workers --workers W` on that database.
 4. Run schedule_emails over every contact twice, as the dashboard launches it (its planner
    adds the items): the first run writes every email, the second replaces them. Each prints
-   the launch latency, wall time from launch to finish, emails written, and the summed
-   compute / write time of the batches.
+   the launch latency, wall time from launch to finish, emails written, the summed
+   compute / write time of the batches, and the CPU seconds of the workers and of the
+   database's backends (CpuMeter) with the load average before the run.
 5. Time the rules alone in this process over the same contacts, for the compute share.
 6. Remove the bench data (unless --keep) and stop the workers.
 
