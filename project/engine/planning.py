@@ -101,22 +101,29 @@ def launch(
     return job
 
 
-def add_items(job: Job, items: Iterable) -> int:
+def add_items(job: Job, items: Iterable, *, plan_cursor: str | None = None) -> int:
     """Add items (keys, or (key, data) pairs) to an unfinished job; return how many are new.
 
     Keys already in the job are ignored. The job's total grows by an atomic UPDATE, and
-    more runners are enqueued on commit, up to BATCH_MAX_CHUNKS for the job. Raises
-    ValidationError for a job that has finished.
+    more runners are enqueued on commit, up to BATCH_MAX_CHUNKS for the job. With
+    `plan_cursor` (a planner's page), the cursor after the page is stored and the planner's
+    lease extended in the same transaction. Raises ValidationError for a job that has
+    finished.
     """
+    batches = store.prepare(items)  # Python work, before the transaction opens
     with transaction.atomic():
-        added = store.insert(job.pk, items)
+        added = store.insert(job.pk, batches)
         # Locked after the insert, so runners' counter updates wait only for this UPDATE.
         locked = Job.objects.select_for_update(no_key=True).get(pk=job.pk)
         if locked.is_finished:
             raise ValidationError(f"job #{job.pk} has finished; it takes no more items")
         total = locked.total + added
         more = max(0, chunks_wanted(total) - locked.chunks) if total else 0
-        Job.objects.filter(pk=job.pk).update(total=F("total") + added, chunks=F("chunks") + more)
+        fields = {"total": F("total") + added, "chunks": F("chunks") + more}
+        if plan_cursor is not None:
+            lease = timedelta(seconds=settings.BATCH_LEASE_SECONDS)
+            fields |= {"plan_cursor": plan_cursor, "planner_lease_until": Now() + lease}
+        Job.objects.filter(pk=job.pk).update(**fields)
     job.total, job.chunks = total, locked.chunks + more
     if more:
         job_id, first = job.pk, locked.chunks == 0
@@ -200,7 +207,7 @@ def run_planner(job_id: int) -> None:
 
     1. Take the planner lease, so one planner runs per job.
     2. For each page: store its items and the cursor after it in one transaction, and
-       extend the lease. Runners work on the items meanwhile.
+       extend the lease (add_items). Runners work on the items meanwhile.
     3. Mark planning done (the job may then finish). A planner that raises fails the job
        with its error; one that dies is restarted by recovery and resumes at the cursor.
 
@@ -212,7 +219,6 @@ def run_planner(job_id: int) -> None:
         return
     job = Job.objects.get(pk=job_id)
     kind = get_kind(job.kind)
-    lease = timedelta(seconds=settings.BATCH_LEASE_SECONDS)
     stale = False
     try:
         for page in kind.plan(job, job.plan_cursor):
@@ -222,11 +228,7 @@ def run_planner(job_id: int) -> None:
             if stopped:  # cancelled meanwhile
                 return
             before = job.total
-            with transaction.atomic():
-                add_items(job, page.items)
-                Job.objects.filter(pk=job_id).update(
-                    plan_cursor=page.cursor, planner_lease_until=Now() + lease
-                )
+            add_items(job, page.items, plan_cursor=page.cursor)
             stale = stale_statistics(before, job.total)
     except Exception as exc:
         log.exception("planner of job %s failed", job_id)

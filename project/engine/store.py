@@ -294,23 +294,41 @@ SELECT count(*) FROM added
 """
 
 
-def insert(job_id: int, items: Iterable) -> int:
-    """Insert pending items (keys, or (key, data) pairs); return how many were new.
+def prepare(items: Iterable) -> list[tuple[list[str], list[str | None]]]:
+    """Items (keys, or (key, data) pairs) as `insert` takes them: batches of (keys, JSON data).
+
+    Built before the transaction that inserts them opens, so no transaction stays open while
+    Python serializes a planner's page of 10,000 items.
+    """
+    batches = []
+    for batch in batched(items, 10_000):
+        keys, data = [], []
+        for item in batch:
+            key, value = item if isinstance(item, tuple) else (item, None)
+            keys.append(str(key))
+            data.append(None if value is None else json.dumps(value))
+        batches.append((keys, data))
+    return batches
+
+
+def insert(job_id: int, batches: list[tuple[list[str], list[str | None]]]) -> int:
+    """Insert pending items (`prepare`d); return how many were new.
 
     Keys the job already has are ignored.
     """
     added = 0
-    for batch in batched(items, 10_000):
-        pairs = [(str(i), None) if not isinstance(i, tuple) else (str(i[0]), i[1]) for i in batch]
+    for keys, data in batches:
         if connection.vendor != "postgresql":
             before = JobItem.objects.filter(job_id=job_id).count()
             JobItem.objects.bulk_create(
-                [JobItem(job_id=job_id, key=k, data=d) for k, d in pairs], ignore_conflicts=True
+                [
+                    JobItem(job_id=job_id, key=k, data=None if d is None else json.loads(d))
+                    for k, d in zip(keys, data, strict=True)
+                ],
+                ignore_conflicts=True,
             )
             added += JobItem.objects.filter(job_id=job_id).count() - before
             continue
-        keys = [k for k, _ in pairs]
-        data = [None if d is None else json.dumps(d) for _, d in pairs]
         with bound_cursor() as cursor:
             cursor.execute(INSERT_SQL.format(table=TABLE), [job_id, keys, data])
             added += cursor.fetchone()[0]
