@@ -37,11 +37,17 @@ def bound_cursor():
     Arrays go as `%b` (binary): psycopg's text format escapes each element with a regular
     expression, six times the CPU of the binary one.
     """
-    from django.db.backends.postgresql.base import ServerBindingCursor
+    from django.db.backends.postgresql.base import TIMESTAMPTZ_OID, ServerBindingCursor
+    from django.db.backends.postgresql.psycopg_any import register_tzloader
+    from psycopg.pq import Format
 
     connection.ensure_connection()
     with connection.wrap_database_errors:
         raw = ServerBindingCursor(connection.connection)
+    # As Django's own cursors: timestamps in the connection's time zone if settings changed it.
+    loader = connection.connection.adapters.get_loader(TIMESTAMPTZ_OID, Format.TEXT)
+    if connection.timezone != loader.timezone:
+        register_tzloader(connection.timezone, raw)
     if connection.queries_logged:
         cursor = connection.make_debug_cursor(raw)
     else:
