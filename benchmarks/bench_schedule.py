@@ -2,16 +2,18 @@
 
     .venv/bin/python benchmarks/bench_schedule.py [--contacts 100000] [--workers 2] [--fresh]
 
-It runs in a database of its own (`batchboard_bench` on the local PostgreSQL, and Redis
-database 3), so nothing else skews it:
+It runs in a database of its own (`batchboard_bench` on the local PostgreSQL, or
+BENCH_DATABASE, and Redis database 3 unless REDIS_URL names another), so nothing else
+skews it:
 1. With --fresh, drop and create the database and migrate it, as a new customer's is;
    otherwise reuse it (created and migrated if missing) and remove earlier bench data.
 2. Create N contacts in 10 organizations "bench-0".."bench-9" (bulk_create).
 3. Start `manage.py run_workers --workers W` on that database.
 4. Run schedule_emails over every contact twice, as the dashboard launches it (its planner
    adds the items): the first run writes every email, the second replaces them. Each prints
-   the launch latency, wall time from launch to finish, emails written, and the summed
-   compute / write time of the batches.
+   the launch latency, wall time from launch to finish, emails written, the summed
+   compute / write time of the batches, and the CPU seconds of the workers and of the
+   database's backends (CpuMeter) with the load average before the run.
 5. Time the rules alone in this process over the same contacts, for the compute share.
 6. Remove the bench data (unless --keep) and stop the workers.
 
@@ -135,13 +137,83 @@ def start_workers(count: int) -> subprocess.Popen:
     return proc
 
 
-def timed_run(contacts, today: date, concurrency: int | None) -> dict:
+class CpuMeter:
+    """CPU seconds the workers and the bench database's backends spend, sampled from /proc.
+
+    Wall time on a shared machine depends on what else runs; CPU time much less. Each
+    process's CPU is read at every sample (a backend that ends between two samples loses
+    at most one interval). PostgreSQL's shared processes (WAL writer, checkpointer) are not
+    counted; the machine's busy time, from /proc/stat, includes them and everything else.
+    """
+
+    TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def __init__(self, workers: subprocess.Popen | None):
+        self.root = workers.pid if workers else None
+        self.seen: dict[int, tuple[str, float]] = {}
+        self.start: dict[int, float] = {}
+        self.busy0 = self.machine_busy()
+        for pid, (group, cpu) in self.read().items():
+            self.start[pid] = cpu
+            self.seen[pid] = (group, cpu)
+
+    @staticmethod
+    def machine_busy() -> float:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + fields[4]
+        return (sum(fields[:8]) - idle) / CpuMeter.TICK
+
+    def read(self) -> dict[int, tuple[str, float]]:
+        found = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+            rest = stat[stat.rindex(")") + 2 :].split()
+            ppid, cpu = int(rest[1]), (int(rest[11]) + int(rest[12])) / self.TICK
+            if comm.startswith("postgres") and self.is_bench_backend(entry):
+                found[int(entry)] = ("postgres", cpu)
+            elif self.root and ppid == self.root:
+                found[int(entry)] = ("workers", cpu)
+        return found
+
+    @staticmethod
+    def is_bench_backend(pid: str) -> bool:
+        """A PostgreSQL backend serving the bench database ("postgres: ... <db> ...")."""
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return f" {BENCH_DB} ".encode() in f.read()
+        except OSError:
+            return False
+
+    def sample(self) -> None:
+        for pid, value in self.read().items():
+            self.seen[pid] = value
+
+    def totals(self) -> dict[str, float]:
+        out = {"workers": 0.0, "postgres": 0.0}
+        for pid, (group, cpu) in self.seen.items():
+            out[group] += cpu - self.start.get(pid, 0.0)
+        out["machine"] = self.machine_busy() - self.busy0
+        return out
+
+
+def timed_run(contacts, today: date, concurrency: int | None, workers=None) -> dict:
     """Launch schedule_emails over every contact as the dashboard does, and wait."""
+    load = os.getloadavg()[0]
+    meter = CpuMeter(workers)
     started = time.perf_counter()
     job = engine.launch("schedule_emails", {"today": today}, concurrency=concurrency)
     launched = time.perf_counter()
     while not job.is_finished:
         time.sleep(0.05)
+        meter.sample()
         job.refresh_from_db()
     wall = time.perf_counter() - started
     tallies = job.tallies
@@ -153,6 +225,8 @@ def timed_run(contacts, today: date, concurrency: int | None) -> dict:
         "write": tallies.get("write_ms", 0) / 1000,
         "written": ScheduledEmail.objects.filter(job=job).count(),
         "pending": ScheduledEmail.objects.filter(contact__in=contacts, status="pending").count(),
+        "cpu": meter.totals(),
+        "load": load,
     }
 
 
@@ -167,6 +241,12 @@ def report(name: str, run: dict, contacts: int) -> None:
     print(
         f"  launch {run['launch'] * 1000:.0f} ms (a planner adds the items); batches: compute "
         f"{run['compute']:.2f} s + write {run['write']:.2f} s (summed over workers)"
+    )
+    cpu = run["cpu"]
+    print(
+        f"  CPU: workers {cpu['workers']:.1f} s, PostgreSQL {cpu['postgres']:.1f} s; "
+        f"machine busy {cpu['machine']:.1f} s of {run['wall'] * (os.cpu_count() or 1):.1f}; "
+        f"load average before {run['load']:.2f}"
     )
 
 
@@ -229,9 +309,9 @@ def main() -> None:
     if others:
         print(f"warning: {others} other workers share this queue; figures include their help")
     try:
-        first = timed_run(contacts, args.today, args.concurrency)
+        first = timed_run(contacts, args.today, args.concurrency, workers)
         report("first run (insert)", first, args.contacts)
-        second = timed_run(contacts, args.today, args.concurrency)
+        second = timed_run(contacts, args.today, args.concurrency, workers)
         report("re-run (replace)", second, args.contacts)
     finally:
         if workers:

@@ -37,10 +37,12 @@ from project.engine.planning import (
 from project.engine.recovery import sweep
 from project.engine.runner import run_chunk
 from project.engine.slots import fair_share
+from project.engine.store import bound_cursor
 
 __all__ = [
     "LiveFigures",
     "add_items",
+    "bound_cursor",
     "cancel",
     "failure_groups",
     "fair_share",

@@ -69,8 +69,10 @@ class Runner:
             lambda: store.held_elsewhere(job.pk, self.owner),
         )
         self.executor = Executor(job, kind, self.pool, self.stopping, self.shutdown)
-        self.heartbeat = Heartbeat(job.pk, self.owner, self.pool)
         self.outstanding: dict[int, store.Claimed] = {}  # claimed, not yet recorded
+        # list() of a dict of ints copies it in one step under the GIL, so the heartbeat
+        # thread can read it while the main thread adds and removes items.
+        self.heartbeat = Heartbeat(job.pk, self.owner, self.pool, lambda: list(self.outstanding))
         self.lock = threading.Lock()
         self.active: dict[int, Unit] = {}  # units threads work on now (under self.lock)
         self.workers: list[threading.Thread] = []

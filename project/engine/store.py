@@ -1,13 +1,15 @@
 """The engine's statements on JobItem rows: insert, claim, renew, write, release.
 
-On PostgreSQL each is one round trip with arrays as parameters; Django's bulk helpers cost
-more than the work itself for fast items. Every lease is set and compared with the
-database's clock (`now()`), never a worker's, so machines need not agree on the time.
-Other databases (SQLite for local runs, one machine) take the plain ORM path.
+On PostgreSQL each is one round trip with arrays as parameters, bound on the server
+(`bound_cursor`); Django's bulk helpers cost more than the work itself for fast items.
+Every lease is set and compared with the database's clock (`now()`), never a worker's, so
+machines need not agree on the time. Other databases (SQLite for local runs, one machine)
+take the plain ORM path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,6 +23,37 @@ from django.utils import timezone
 from project.models import JobItem
 
 TABLE = JobItem._meta.db_table
+
+
+@contextlib.contextmanager
+def bound_cursor():
+    """A cursor of the current connection whose parameters travel apart from the statement.
+
+    Django's PostgreSQL cursors bind client-side: psycopg quotes every element of an array
+    parameter into the SQL text, in Python, and PostgreSQL parses it back. For the engine's
+    arrays of thousands of ids, timestamps and texts that was the largest single CPU cost of
+    a runner (BENCHMARKS.md). Server-side binding sends them as parameters instead. Same
+    connection, so same transaction; errors are Django's, as from `connection.cursor()`.
+    Arrays go as `%b` (binary): psycopg's text format escapes each element with a regular
+    expression, six times the CPU of the binary one.
+    """
+    from django.db.backends.postgresql.base import TIMESTAMPTZ_OID, ServerBindingCursor
+    from django.db.backends.postgresql.psycopg_any import register_tzloader
+    from psycopg.pq import Format
+
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        raw = ServerBindingCursor(connection.connection)
+    # As Django's own cursors: timestamps in the connection's time zone if settings changed it.
+    loader = connection.connection.adapters.get_loader(TIMESTAMPTZ_OID, Format.TEXT)
+    if connection.timezone != loader.timezone:
+        register_tzloader(connection.timezone, raw)
+    if connection.queries_logged:
+        cursor = connection.make_debug_cursor(raw)
+    else:
+        cursor = connection.make_cursor(raw)
+    with cursor:
+        yield cursor
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +99,7 @@ def claim(
     rows = []
     conditions = SUSPECT_CONDITIONS if suspects else CLAIM_CONDITIONS
     limit = 1 if suspects else limit
-    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+    with transaction.atomic(savepoint=False), bound_cursor() as cursor:
         probe_by_index(cursor)
         for condition in conditions:
             params = {"owner": owner, "lease": lease, "job": job_id, "limit": limit - len(rows)}
@@ -121,26 +154,40 @@ def _json(value):
     return json.loads(value) if isinstance(value, str) else value
 
 
-# SKIP LOCKED: rows the runner's flush is writing right now (it finishes them) are left
-# alone, so the heartbeat and the flush never wait for each other in a deadlock.
+# The items by primary key (the runner knows which it holds), whatever the statistics say:
+# through `job_id AND status = 'running'` a table without them had every renewal walk all
+# of the job's items. Only leases that would lapse before the renewal after next are
+# extended: a fast runner's items are written long before, and rewriting thousands of rows
+# every renewal cost as much as claiming them. SKIP LOCKED: rows the runner's flush is
+# writing right now (it finishes them) are left alone, so the heartbeat and the flush never
+# wait for each other in a deadlock.
 RENEW_SQL = """
-UPDATE {table} SET lease_until = now() + make_interval(secs => %s)
+UPDATE {table} SET lease_until = now() + make_interval(secs => %(lease)s)
 WHERE id IN (
-    SELECT id FROM {table} WHERE job_id = %s AND status = 'running' AND claimed_by = %s
+    SELECT id FROM {table}
+    WHERE id = ANY(%(ids)b::bigint[]) AND status = 'running' AND claimed_by = %(owner)s
+        AND lease_until < now() + make_interval(secs => %(within)s)
     FOR UPDATE SKIP LOCKED
 )
 """
 
 
-def renew(job_id: int, owner: str, lease: float) -> int:
-    """Extend the leases of every item `owner` holds; return how many."""
+def renew(job_id: int, owner: str, lease: float, held: list[int], within: float) -> int:
+    """Extend `owner`'s leases on items `held` that lapse within `within` s; return how many."""
+    if not held:
+        return 0
     if connection.vendor != "postgresql":
         return JobItem.objects.filter(
-            job_id=job_id, status=JobItem.Status.RUNNING, claimed_by=owner
+            id__in=held,
+            job_id=job_id,
+            status=JobItem.Status.RUNNING,
+            claimed_by=owner,
+            lease_until__lt=timezone.now() + timedelta(seconds=within),
         ).update(lease_until=timezone.now() + timedelta(seconds=lease))
-    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+    params = {"lease": lease, "ids": held, "owner": owner, "within": within}
+    with transaction.atomic(savepoint=False), bound_cursor() as cursor:
         probe_by_index(cursor)
-        cursor.execute(RENEW_SQL.format(table=TABLE), [lease, job_id, owner])
+        cursor.execute(RENEW_SQL.format(table=TABLE), params)
         return cursor.rowcount
 
 
@@ -149,11 +196,11 @@ UPDATE {table} AS item SET
     status = v.status, attempts = v.attempts, error_type = v.error_type,
     error_message = v.error_message, duration_ms = v.duration_ms, result = v.result,
     started_at = v.started_at, finished_at = v.finished_at, lease_until = NULL
-FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[], %s::float8[],
-            %s::text[], %s::timestamptz[], %s::timestamptz[])
+FROM unnest(%b::bigint[], %b::text[], %b::int[], %b::text[], %b::text[], %b::float8[],
+            %b::text[], %b::timestamptz[], %b::timestamptz[])
     AS v(id, status, attempts, error_type, error_message, duration_ms, result,
          started_at, finished_at)
-WHERE item.id = v.id AND item.id = ANY(%s::bigint[])
+WHERE item.id = v.id AND item.id = ANY(%b::bigint[])
     AND item.claimed_by = %s AND item.lease_until IS NOT NULL
 RETURNING item.id
 """
@@ -185,7 +232,7 @@ def write(results: list, owner: str) -> set[int]:
         [r.started_at for r in results],
         [r.finished_at for r in results],
     ]
-    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+    with transaction.atomic(savepoint=False), bound_cursor() as cursor:
         # The items by primary key (id = ANY), hashed against the results: with statistics
         # that expect no running item, a nested loop walked the whole table per flush.
         cursor.execute(
@@ -245,7 +292,7 @@ WITH added AS (
     INSERT INTO {table} (job_id, key, data, status, attempts, claims, error_type,
                          error_message, result, claimed_by)
     SELECT %s, k, d::jsonb, 'pending', 0, 0, '', '', '', ''
-    FROM unnest(%s::text[], %s::text[]) AS u(k, d)
+    FROM unnest(%b::text[], %b::text[]) AS u(k, d)
     ON CONFLICT DO NOTHING
     RETURNING 1
 )
@@ -253,24 +300,42 @@ SELECT count(*) FROM added
 """
 
 
-def insert(job_id: int, items: Iterable) -> int:
-    """Insert pending items (keys, or (key, data) pairs); return how many were new.
+def prepare(items: Iterable) -> list[tuple[list[str], list[str | None]]]:
+    """Items (keys, or (key, data) pairs) as `insert` takes them: batches of (keys, JSON data).
+
+    Built before the transaction that inserts them opens, so no transaction stays open while
+    Python serializes a planner's page of 10,000 items.
+    """
+    batches = []
+    for batch in batched(items, 10_000):
+        keys, data = [], []
+        for item in batch:
+            key, value = item if isinstance(item, tuple) else (item, None)
+            keys.append(str(key))
+            data.append(None if value is None else json.dumps(value))
+        batches.append((keys, data))
+    return batches
+
+
+def insert(job_id: int, batches: list[tuple[list[str], list[str | None]]]) -> int:
+    """Insert pending items (`prepare`d); return how many were new.
 
     Keys the job already has are ignored.
     """
     added = 0
-    for batch in batched(items, 10_000):
-        pairs = [(str(i), None) if not isinstance(i, tuple) else (str(i[0]), i[1]) for i in batch]
+    for keys, data in batches:
         if connection.vendor != "postgresql":
             before = JobItem.objects.filter(job_id=job_id).count()
             JobItem.objects.bulk_create(
-                [JobItem(job_id=job_id, key=k, data=d) for k, d in pairs], ignore_conflicts=True
+                [
+                    JobItem(job_id=job_id, key=k, data=None if d is None else json.loads(d))
+                    for k, d in zip(keys, data, strict=True)
+                ],
+                ignore_conflicts=True,
             )
             added += JobItem.objects.filter(job_id=job_id).count() - before
             continue
-        keys = [k for k, _ in pairs]
-        data = [None if d is None else json.dumps(d) for _, d in pairs]
-        with connection.cursor() as cursor:
+        with bound_cursor() as cursor:
             cursor.execute(INSERT_SQL.format(table=TABLE), [job_id, keys, data])
             added += cursor.fetchone()[0]
     return added
