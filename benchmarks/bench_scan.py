@@ -205,7 +205,7 @@ def main() -> None:
                 job = run_case(path, env, args.workers, args.concurrency, rescan=not first)
                 first = False
             calls = len(server.requests)
-            bound = (calls - 1) / 20  # 1200/min = 20/s, after the first request
+            bound = (calls - 1) / 20  # 1200/min = 20/s, after the first request (paced at 97 %)
             line("rpm", job, server, f"; max in any 10 s window: {server.max_in_window(10)} "
                  f"(limit 200); lower bound {bound:.1f} s")  # fmt: skip
         if "429" in cases:

@@ -16,7 +16,8 @@ from django.conf import settings
 
 from project.connections import get_redis
 
-# KEYS: request TAT, cost TAT, paused-until.  ARGV: rpm, tpm, cost, burst_seconds.
+# KEYS: request TAT, cost TAT, paused-until.  ARGV: rpm, tpm, cost, and the bursts (in
+# seconds of the rate) of requests and of cost.
 # Returns 0 when taken, else the seconds to wait (as a string, Lua numbers lose fractions).
 GCRA = """
 local t = redis.call('TIME')
@@ -24,7 +25,7 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local paused = tonumber(redis.call('GET', KEYS[3]) or '0')
 if paused > now then return tostring(paused - now) end
 local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
-local cost, burst = tonumber(ARGV[3]), tonumber(ARGV[4])
+local cost, burst, cost_burst = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local wait, new_req, new_tok = 0, nil, nil
 if rpm > 0 then
   local interval = 60 / rpm
@@ -38,7 +39,7 @@ if tpm > 0 and cost > 0 then
   local tat = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), now)
   new_tok = tat + interval * cost
   -- A request costing more than the burst may still go when the limiter is idle.
-  local allow_at = math.min(new_tok - math.max(burst * tpm / 60, 1) * interval, tat)
+  local allow_at = math.min(new_tok - math.max(cost_burst * tpm / 60, 1) * interval, tat)
   wait = math.max(wait, allow_at - now)
 end
 if wait > 0 then return tostring(wait) end
@@ -76,11 +77,19 @@ return tostring(math.max(until_, current) - now)
 class RateLimiter:
     """A named limiter: `acquire()` blocks until one request of the given cost may go."""
 
-    def __init__(self, name: str, rpm: float, tpm: float = 0, burst_seconds: float = 1.0):
+    def __init__(
+        self,
+        name: str,
+        rpm: float,
+        tpm: float = 0,
+        burst_seconds: float = 1.0,
+        cost_burst_seconds: float = 1.0,
+    ):
         self.name = name
         self.rpm = rpm
         self.tpm = tpm
         self.burst_seconds = burst_seconds
+        self.cost_burst_seconds = cost_burst_seconds
         prefix = f"ratelimit:{name}"
         self.keys = [f"{prefix}:req", f"{prefix}:cost", f"{prefix}:paused"]
 
@@ -90,7 +99,8 @@ class RateLimiter:
     def try_acquire(self, cost: float = 1) -> float:
         """Take one request of `cost` if allowed now; return 0, or the seconds to wait."""
         script = get_redis().register_script(GCRA)
-        return float(script(keys=self.keys, args=[self.rpm, self.tpm, cost, self.burst_seconds]))
+        args = [self.rpm, self.tpm, cost, self.burst_seconds, self.cost_burst_seconds]
+        return float(script(keys=self.keys, args=args))
 
     def acquire(self, cost: float = 1, timeout: float | None = None) -> None:
         """Block until the request may go; raise TimeoutError after `timeout` seconds."""
@@ -120,9 +130,12 @@ def get_limiter(name: str) -> RateLimiter:
         config = settings.RATE_LIMITS[name]
     except KeyError:
         raise KeyError(f"unknown rate limiter {name!r}; configure it in RATE_LIMITS") from None
+    # Headroom: pace a little under the provider's limit, so requests that leave on time but
+    # arrive bunched (threads waiting for the GIL, the network) still fit its windows.
+    headroom = config.get("headroom", 1.0)
     return RateLimiter(
         name,
-        rpm=config.get("rpm", 0),
-        tpm=config.get("tpm", 0),
+        rpm=config.get("rpm", 0) * headroom,
+        tpm=config.get("tpm", 0) * headroom,
         burst_seconds=config.get("burst_seconds", 1.0),
     )

@@ -228,14 +228,17 @@ BATCH_KIND_MODULES = [m for m in env("BATCH_KIND_MODULES").split(",") if m]
 # Named rate limits shared by every worker through Redis (project/ratelimit.py):
 # requests per minute and weighted cost (e.g. tokens) per minute; 0 means unlimited.
 RATE_LIMITS = {
-    # No burst for the external APIs: requests are paced evenly from the first one, so no
-    # window of any length sees more than the limit allows (providers count in windows).
+    # No burst of requests for the external APIs: they are paced evenly from the first one,
+    # 3 % under the limit, so no window of any length sees more than it allows (providers
+    # count in windows, and requests that leave on time can arrive bunched). Tokens keep a
+    # second's burst: a call's cost is an estimate, settled afterwards.
     "openai": {
         "rpm": env_int("OPENAI_RPM", 500),
         "tpm": env_int("OPENAI_TPM", 200_000),
         "burst_seconds": 0,
+        "headroom": 0.97,
     },
-    "front": {"rpm": env_int("FRONT_RPM", 100), "tpm": 0, "burst_seconds": 0},
+    "front": {"rpm": env_int("FRONT_RPM", 100), "tpm": 0, "burst_seconds": 0, "headroom": 0.97},
     "smtp": {"rpm": env_int("SMTP_RPM", 600), "tpm": 0},
     # For the synthetic `sleep` kind, which may name only limiters marked "test".
     "test": {"rpm": env_int("TEST_RPM", 600), "tpm": env_int("TEST_TPM", 0), "test": True},

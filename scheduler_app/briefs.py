@@ -22,7 +22,7 @@ How briefs get made:
 An item spends most of its time waiting for the model, so a job runs at a high concurrency.
 Its queries run on a few database threads per worker process (`DatabaseThreads`): a brief's
 sections are built on several of them at once, and item threads, which never touch the
-database themselves, take no pooled connection while they wait on the model.
+database themselves, hold no connection while they wait on the model.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
 from django.contrib.auth.models import Permission
-from django.db import IntegrityError, connection, connections, transaction
+from django.db import IntegrityError, close_old_connections, connection, connections, transaction
 from django.db.models import CharField, DateField, Max, Q, Value
 from django.db.models.functions import Cast
 from django.template.loader import render_to_string
@@ -394,10 +394,10 @@ def launch_keys(params: dict) -> list[tuple[str, dict]]:
 class DatabaseThreads:
     """BRIEF_DB_THREADS threads per process that run the briefs' queries.
 
-    A brief's sections are built on several at once; each thread takes a connection from
-    the process's pool (DB_POOL_SIZE) for a task and gives it back after, so keep
-    BRIEF_DB_THREADS below DB_POOL_SIZE. `close` ends the threads (tests; a worker's leave
-    ends them too, as daemons).
+    A brief's sections are built on several at once. Each thread keeps its own database
+    connection (checked before each task, like a request's), so a process holds
+    BRIEF_DB_THREADS connections for the briefs whatever the job's concurrency. `close`
+    ends the threads (tests; a worker's leave ends them too, as daemons).
     """
 
     def __init__(self, size: int):
@@ -424,12 +424,11 @@ class DatabaseThreads:
                 future, fn, args = task
                 if not future.set_running_or_notify_cancel():
                     continue
+                close_old_connections()  # one the database closed meanwhile is replaced
                 try:
                     future.set_result(fn(*args))
                 except BaseException as exc:
                     future.set_exception(exc)
-                finally:
-                    connections.close_all()  # back to the pool until the next task
         finally:
             connections.close_all()
 
