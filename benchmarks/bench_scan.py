@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -40,20 +39,10 @@ os.environ["OPENAI_API_KEY"] = "bench-key"  # any key: the server is local
 LATENCY = 0.2
 
 
-def prepare_database(fresh: bool) -> None:
-    import psycopg
-
-    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [BENCH_DB]).fetchone()
-        if exists and fresh:
-            conn.execute(f'DROP DATABASE "{BENCH_DB}" WITH (FORCE)')
-        if fresh or not exists:
-            conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, check=True)
-
+from benchdb import prepare_database  # noqa: E402
 
 if __name__ == "__main__":
-    prepare_database(fresh="--fresh" in sys.argv)
+    prepare_database(SERVER, BENCH_DB, fresh="--fresh" in sys.argv)
 
 import django  # noqa: E402 (needs the environment above)
 
@@ -65,26 +54,11 @@ from rq import Worker  # noqa: E402
 from project import engine, llm  # noqa: E402
 from project.connections import get_redis  # noqa: E402
 from project.models import Job  # noqa: E402
-from scanner import extract, rules  # noqa: E402
+from scanner import extract  # noqa: E402
 from scanner.mailbox import read_threads  # noqa: E402
 from scanner.models import Conversation  # noqa: E402
 from tests import mailgen  # noqa: E402
 from tests.openai_server import OpenAIServer, user_text  # noqa: E402
-
-
-def rules_answer(body: dict) -> str:
-    found = rules.find_tracking_numbers(user_text(body))
-    shipments = [
-        {
-            "tracking_number": m.tracking_number,
-            "carrier": m.carrier,
-            "po_number": "",
-            "shipped_date": "",
-            "confidence": 0.9,
-        }
-        for m in found
-    ]
-    return json.dumps({"supplier": "", "shipments": shipments})
 
 
 def prepared_answers(path: Path):
@@ -98,11 +72,11 @@ def prepared_answers(path: Path):
         ]
         prompt = llm.trim(extract.render(messages), settings.SCANNER_TOKEN_BUDGET)
         body = {"messages": [{"role": "user", "content": prompt}]}
-        answers[hashlib.sha1(prompt.encode()).hexdigest()] = rules_answer(body)
+        answers[hashlib.sha1(prompt.encode()).hexdigest()] = mailgen.model_answer(body)
 
     def answer(body: dict) -> str:
         key = hashlib.sha1(user_text(body).encode()).hexdigest()
-        return answers.get(key) or rules_answer(body)
+        return answers.get(key) or mailgen.model_answer(body)
 
     return answer
 

@@ -41,21 +41,10 @@ os.environ["DATABASE_URL"] = f"{SERVER}/{BENCH_DB}"
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/3")
 
 
-def prepare_database(fresh: bool) -> None:
-    """Create (with `fresh`, re-create) the bench database; migrate it."""
-    import psycopg
-
-    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [BENCH_DB]).fetchone()
-        if exists and fresh:
-            conn.execute(f'DROP DATABASE "{BENCH_DB}" WITH (FORCE)')
-        if fresh or not exists:
-            conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, check=True)
-
+from benchdb import prepare_database  # noqa: E402
 
 if __name__ == "__main__":
-    prepare_database(fresh="--fresh" in sys.argv)
+    prepare_database(SERVER, BENCH_DB, fresh="--fresh" in sys.argv)
 
 import django  # noqa: E402 (needs the environment above)
 

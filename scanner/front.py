@@ -20,6 +20,7 @@ from django.conf import settings
 
 from project.kinds import PermanentError, RateLimited, TransientError
 from project.ratelimit import get_limiter
+from scanner.mailbox import html_to_text
 
 LIMITER = "front"
 PAGE_SIZE = 100  # the most Front returns per page
@@ -161,12 +162,6 @@ def message(data: dict) -> FrontMessage:
         subject=(data.get("subject") or "")[:300],
         text=text,
     )
-
-
-def html_to_text(html: str) -> str:
-    from scanner.mailbox import html_to_text as convert
-
-    return convert(html)
 
 
 def _time(value: Any) -> datetime | None:

@@ -7,6 +7,8 @@ from django.db.models import F, Q
 from django.urls import reverse
 from django.utils import timezone
 
+from scheduler_app.importer import spreadsheet_safe
+
 
 class ConversationQuerySet(models.QuerySet):
     def needing_scan(self) -> ConversationQuerySet:
@@ -199,8 +201,8 @@ def csv_row(row: dict) -> dict:
     for key, value in row.items():
         if isinstance(value, bool):
             value = "true" if value else "false"
-        elif isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-            value = "'" + value
+        elif isinstance(value, str):
+            value = spreadsheet_safe(value)
         out[key] = value
     return out
 

@@ -11,11 +11,13 @@ them by root Message-ID and writes them in the three forms the scanner reads.
 
 from __future__ import annotations
 
+import json
 import zipfile
 from email.message import Message
 from pathlib import Path
 
-from scanner import demo
+from scanner import demo, rules
+from tests.openai_server import user_text
 
 Labels = dict[str, list[tuple[str, str]]]
 
@@ -66,3 +68,19 @@ def write_zip(path: str | Path, conversations: int, seed: int = 1) -> Labels:
                 number += 1
                 archive.writestr(f"inbox/{number:06d}.eml", message.as_bytes())
     return labels_of(made)
+
+
+def model_answer(body: dict) -> str:
+    """A stand-in model that reads threads well: what the rules find, in the scanner's schema
+    (tests/openai_server.py calls it with each request's body)."""
+    shipments = [
+        {
+            "tracking_number": match.tracking_number,
+            "carrier": match.carrier,
+            "po_number": "",
+            "shipped_date": "",
+            "confidence": 0.9,
+        }
+        for match in rules.find_tracking_numbers(user_text(body))
+    ]
+    return json.dumps({"supplier": "", "shipments": shipments})

@@ -10,29 +10,14 @@ import pytest
 
 from project import engine
 from project.models import Job
-from scanner import extract, rules
+from scanner import extract
 from scanner.mailbox import read_threads
 from scanner.models import Conversation, ExtractionResult, Message, Shipment
 from tests import mailgen
 from tests.front_server import FrontConversation, FrontMail, FrontServer
 from tests.helpers import wait_for_job
+from tests.mailgen import model_answer
 from tests.openai_server import OpenAIServer, user_text
-
-
-def model_answer(body: dict) -> str:
-    """A model that reads the thread well: what the rules find, in the schema's shape."""
-    found = rules.find_tracking_numbers(user_text(body))
-    shipments = [
-        {
-            "tracking_number": match.tracking_number,
-            "carrier": match.carrier,
-            "po_number": "",
-            "shipped_date": "",
-            "confidence": 0.9,
-        }
-        for match in found
-    ]
-    return json.dumps({"supplier": "Acme", "shipments": shipments})
 
 
 def expected(labels: mailgen.Labels) -> set[str]:
