@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import pytest
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 
 from project import engine
 from project.connections import get_redis
@@ -230,6 +230,25 @@ def test_a_runner_never_claims_back_an_item_it_holds(transactional_db):
     theirs = store.claim(job.pk, "runner-2", 10, lease=30)
     assert [c.key for c in theirs] == ["a", "b", "c"]
     assert {c.claims for c in theirs} == {2}
+
+
+def test_a_claim_takes_no_more_items_than_asked_when_the_table_has_no_statistics(
+    transactional_db, redis_db
+):
+    """Statistics taken when the table held only dead rows (old jobs deleted) say it is
+    empty: PostgreSQL then plans for one row, whatever the table holds."""
+    keys = [str(n) for n in range(1000)]
+    JobItem.objects.filter(job=engine.launch("sleep", {"items": 1000}, keys=keys)).delete()
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {JobItem._meta.db_table}")
+    job = engine.launch("sleep", {"items": 1000}, keys=keys)
+
+    first = store.claim(job.pk, "runner-1", 100, lease=30)
+    second = store.claim(job.pk, "runner-2", 100, lease=30)
+
+    assert len(first) == len(second) == 100
+    assert {c.key for c in first}.isdisjoint(c.key for c in second)
+    assert JobItem.objects.filter(job=job, status="running").count() == 200
 
 
 def test_a_result_reported_twice_is_counted_once(transactional_db, redis_db):

@@ -72,17 +72,22 @@ class Claimed:
 # that were held by runners that died twice or more are suspects (one may be what kills
 # its worker): they are claimed one at a time, by a runner that holds nothing else, so a
 # crash counts against the item that caused it and not against its neighbours.
+# The rows are picked by `id = ANY(ARRAY(SELECT ...))`: the subquery runs once, and the
+# update finds its rows by primary key. As `WHERE id IN (SELECT ... LIMIT n FOR UPDATE SKIP
+# LOCKED)`, a table without statistics got a nested loop that walked the whole table and
+# re-ran the subquery for every row: one claim took all 1,000 items of a new job instead of
+# 100, and the job's other runners found nothing left to claim.
 LAPSED = "status = 'running' AND lease_until < now() AND claimed_by <> %(owner)s"
 CLAIM_CONDITIONS = (f"{LAPSED} AND claims < 2", "status = 'pending'")
 SUSPECT_CONDITIONS = (f"{LAPSED} AND claims >= 2",)
 CLAIM_SQL = """
 UPDATE {table} SET status = 'running', claimed_by = %(owner)s, claims = claims + 1,
     lease_until = now() + make_interval(secs => %(lease)s)
-WHERE id IN (
+WHERE id = ANY(ARRAY(
     SELECT id FROM {table} WHERE job_id = %(job)s AND {condition}
     ORDER BY id LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
-)
+))
 RETURNING id, key, attempts, claims, data
 """
 
@@ -160,15 +165,16 @@ def _json(value):
 # extended: a fast runner's items are written long before, and rewriting thousands of rows
 # every renewal cost as much as claiming them. SKIP LOCKED: rows the runner's flush is
 # writing right now (it finishes them) are left alone, so the heartbeat and the flush never
-# wait for each other in a deadlock.
+# wait for each other in a deadlock. `id = ANY(ARRAY(...))` as in CLAIM_SQL: as `id IN
+# (SELECT ...)` a table without statistics had the subquery re-run for each of its rows.
 RENEW_SQL = """
 UPDATE {table} SET lease_until = now() + make_interval(secs => %(lease)s)
-WHERE id IN (
+WHERE id = ANY(ARRAY(
     SELECT id FROM {table}
     WHERE id = ANY(%(ids)b::bigint[]) AND status = 'running' AND claimed_by = %(owner)s
         AND lease_until < now() + make_interval(secs => %(within)s)
     FOR UPDATE SKIP LOCKED
-)
+))
 """
 
 
