@@ -28,7 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-FAULTS = ("429", "500", "malformed", "bad_output", "timeout")  # bad_output: OpenAI only
+# bad_output (a reply that breaks the schema) and no_choices: OpenAI only
+FAULTS = ("429", "500", "malformed", "bad_output", "no_choices", "timeout")
 
 
 @dataclass
@@ -193,6 +194,9 @@ def _handler() -> type[JSONHandler]:
             body = json.loads(raw)
             request = self.service.arrive(body)
             if self.send_fault(request, {"error": {"message": "Rate limit reached"}}):
+                return
+            if request.fault == "no_choices":
+                self.send_json(200, {"object": "chat.completion", "choices": []})
                 return
             if request.fault == "bad_output":
                 content = '{"unexpected": true'

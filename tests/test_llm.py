@@ -70,6 +70,13 @@ def test_a_body_that_is_not_json_is_transient(server):
     assert is_transient(caught.value)
 
 
+def test_a_response_that_is_not_a_chat_completion_is_transient(server):
+    server.script(["no_choices"])
+    with pytest.raises(llm.InvalidOutput, match="no choice") as caught:
+        ask()
+    assert is_transient(caught.value)
+
+
 def test_a_reply_that_breaks_the_schema_is_never_returned(server):
     server.script(["bad_output"])
     with pytest.raises(llm.InvalidOutput):
