@@ -27,6 +27,7 @@ database themselves, hold no connection while they wait on the model.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import queue
@@ -503,100 +504,182 @@ class Context:
         return datetime.combine(self.brief_date - timedelta(days=1), time(), tzinfo=tz), start
 
 
+# A brief, its user, the user's preference, owned organizations and permissions ("app.codename",
+# their own and their groups'), in one statement: each brief starts with it, and the ORM's
+# three queries cost more CPU to build than to run. Table names come from the models.
+CONTEXT_SQL = """
+SELECT b.id, b.status, b.brief_date, b.is_reengagement, b.reason, b.job_id,
+       b.built_at IS NOT NULL, b.summary_source, b.sections, b.summary,
+       u.id, u.username, u.first_name, u.email, u.last_login, u.is_active, u.is_superuser,
+       p.timezone, p.email_enabled, p.frequency,
+       ARRAY(SELECT o.id FROM {organization} AS o JOIN {owners} AS w ON w.organization_id = o.id
+             WHERE w.user_id = u.id ORDER BY o.name, o.id),
+       ARRAY(SELECT o.name FROM {organization} AS o JOIN {owners} AS w ON w.organization_id = o.id
+             WHERE w.user_id = u.id ORDER BY o.name, o.id),
+       ARRAY(SELECT DISTINCT t.app_label || '.' || m.codename
+             FROM {permission} AS m JOIN {content_type} AS t ON t.id = m.content_type_id
+             WHERE m.id IN (SELECT permission_id FROM {user_permissions} WHERE user_id = u.id)
+                OR m.id IN (SELECT gp.permission_id FROM {group_permissions} AS gp
+                            JOIN {user_groups} AS ug ON ug.group_id = gp.group_id
+                            WHERE ug.user_id = u.id))
+FROM {brief} AS b
+JOIN {user} AS u ON u.id = b.user_id
+LEFT JOIN {preference} AS p ON p.user_id = u.id
+WHERE b.id = %s
+"""
+
+
+@functools.cache
+def context_sql() -> str:
+    from django.contrib.auth.models import Group, User
+    from django.contrib.contenttypes.models import ContentType
+
+    from scheduler_app.models import Organization
+
+    return CONTEXT_SQL.format(
+        brief=DailyBrief._meta.db_table,
+        user=User._meta.db_table,
+        preference=BriefPreference._meta.db_table,
+        organization=Organization._meta.db_table,
+        owners=Organization.owners.through._meta.db_table,
+        permission=Permission._meta.db_table,
+        content_type=ContentType._meta.db_table,
+        user_permissions=User.user_permissions.through._meta.db_table,
+        user_groups=User.groups.through._meta.db_table,
+        group_permissions=Group.permissions.through._meta.db_table,
+    )
+
+
 def load_context(brief_id: int, run_id: int = 0) -> Context | None:
     """The brief, its user, preference and organizations; None if the brief is gone."""
-    brief = (
-        DailyBrief.objects.select_related("user", "user__brief_preference")
-        .filter(pk=brief_id)
-        .first()
-    )
-    if brief is None:
+    with connection.cursor() as cursor:
+        cursor.execute(context_sql(), [brief_id])
+        row = cursor.fetchone()
+    if row is None:
         return None
-    user = brief.user
-    preference = getattr(user, "brief_preference", None) or BriefPreference(user=user)
-    tz = zone(preference.timezone) or UTC
-    last_login = user.last_login.astimezone(tz).date() if user.last_login else None
-    organizations = list(user.owned_organizations.order_by("name").values_list("id", "name"))
-    granted = permissions(user)
+    (
+        brief_id,
+        status,
+        brief_date,
+        is_reengagement,
+        reason,
+        job_id,
+        built,
+        summary_source,
+        sections,
+        summary,
+        user_id,
+        username,
+        first_name,
+        email,
+        last_login,
+        is_active,
+        is_superuser,
+        tz_name,
+        email_enabled,
+        frequency,
+        organization_ids,
+        organization_names,
+        granted,
+    ) = row
+    if tz_name is None:  # no preference: its defaults
+        default = BriefPreference()
+        tz_name, email_enabled, frequency = (
+            default.timezone,
+            default.email_enabled,
+            default.frequency,
+        )
+    tz = zone(tz_name)
+    last_seen = last_login.astimezone(tz or UTC).date() if last_login else None
+    granted = permissions(is_active, is_superuser, granted)
     return Context(
-        brief_id=brief.pk,
-        status=brief.status,
-        user_id=user.pk,
-        username=user.get_username(),
-        first_name=user.first_name,
-        email=user.email.strip(),
-        email_enabled=preference.email_enabled,
-        frequency=preference.frequency,
-        timezone=preference.timezone if zone(preference.timezone) else "UTC",
-        brief_date=brief.brief_date,
-        is_reengagement=brief.is_reengagement,
-        reason=brief.reason,
-        days_since_login=days_between(last_login, brief.brief_date),
-        organizations=organizations,
+        brief_id=brief_id,
+        status=status,
+        user_id=user_id,
+        username=username,
+        first_name=first_name,
+        email=email.strip(),
+        email_enabled=email_enabled,
+        frequency=frequency,
+        timezone=tz_name if tz else "UTC",
+        brief_date=brief_date,
+        is_reengagement=is_reengagement,
+        reason=reason,
+        days_since_login=days_between(last_seen, brief_date),
+        organizations=list(zip(organization_ids, organization_names, strict=True)),
         job_kinds=[kind.name for kind in all_kinds() if may(granted, kind.view_permission)],
         shipments=shipment_model() is not None and may(granted, "scanner.view_shipment"),
         run_id=run_id,
-        built_by=brief.job_id if brief.built_at else None,
-        summary_source=brief.summary_source,
-        built={"sections": brief.sections, "summary": brief.summary},
+        built_by=job_id if built else None,
+        summary_source=summary_source,
+        built={"sections": json_value(sections), "summary": summary},
     )
 
 
-def permissions(user) -> set[str] | None:
-    """The user's permissions ("app.codename"), their own and their groups', in one query
-    (ModelBackend's get_all_permissions takes two); None for a superuser, who has them all."""
-    if not user.is_active:
+def json_value(value: Any) -> Any:
+    """A JSON column read by plain SQL: Django's PostgreSQL backend loads it as text."""
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+def permissions(is_active: bool, is_superuser: bool, granted: list[str]) -> set[str] | None:
+    """What a user may do, as ModelBackend decides: nothing when inactive, everything (None)
+    for a superuser, else their own and their groups' permissions ("app.codename")."""
+    if not is_active:
         return set()
-    if user.is_superuser:
+    if is_superuser:
         return None
-    return {
-        f"{app}.{codename}"
-        for app, codename in Permission.objects.filter(Q(user=user) | Q(group__user=user))
-        .values_list("content_type__app_label", "codename")
-        .distinct()
-    }
+    return set(granted)
 
 
 def may(granted: set[str] | None, permission: str) -> bool:
     return granted is None or permission in granted
 
 
-_run_jobs: dict[int, list[dict]] = {}  # daily_briefs job id -> failed jobs (run_failed_jobs)
-_run_jobs_lock = threading.Lock()
+_per_run: dict[tuple[int, str], Any] = {}  # (daily_briefs job id, what) -> once_per_run's
+_per_run_lock = threading.Lock()
+
+
+def once_per_run(run_id: int, what: str, read: Callable[[], Any]) -> Any:
+    """`read()`, called once per worker process per `daily_briefs` job (`run_id`).
+
+    For what every brief of a run shows alike (the failed jobs, the inbox's shipments):
+    the first brief reads it, the others of the run share it.
+    """
+    with _per_run_lock:
+        if (run_id, what) not in _per_run:
+            if len({run for run, _ in _per_run}) >= 4:  # runs of other hours are over
+                _per_run.clear()
+            _per_run[run_id, what] = read()
+        return _per_run[run_id, what]
 
 
 def run_failed_jobs(run_id: int) -> list[dict]:
-    """Jobs that failed or had failed items in the last 24 h, with their most frequent errors.
+    """Jobs that failed or had failed items in the last 24 h, with their most frequent errors,
+    read once per run: each brief shows those of its organizations and of the kinds its user
+    may see."""
+    return once_per_run(run_id, "failed_jobs", read_failed_jobs)
 
-    Read once per worker process per `daily_briefs` job (`run_id`): every brief of a run
-    shows the same jobs, each brief only those of its organizations and of the kinds its
-    user may see.
-    """
-    with _run_jobs_lock:
-        if run_id not in _run_jobs:
-            since = timezone.now() - timedelta(hours=24)
-            jobs = (
-                Job.objects.filter(created_at__gte=since)
-                .filter(Q(failed__gt=0) | Q(status=Job.Status.FAILED))
-                .order_by("-created_at")[:RUN_JOBS_READ]
-            )
-            listed = [
-                {
-                    "id": job.pk,
-                    "kind": job.kind,
-                    "organization": (job.params or {}).get("organization") or "",
-                    "status": job.status,
-                    "failed": job.failed,
-                    "total": job.total,
-                    "error": job.error[:300],
-                    "top_errors": failure_groups(job, limit=TOP_ERRORS),
-                }
-                for job in jobs
-            ]
-            if len(_run_jobs) >= 4:  # runs of other hours are over
-                _run_jobs.clear()
-            _run_jobs[run_id] = listed
-        return _run_jobs[run_id]
+
+def read_failed_jobs() -> list[dict]:
+    since = timezone.now() - timedelta(hours=24)
+    jobs = (
+        Job.objects.filter(created_at__gte=since)
+        .filter(Q(failed__gt=0) | Q(status=Job.Status.FAILED))
+        .order_by("-created_at")[:RUN_JOBS_READ]
+    )
+    return [
+        {
+            "id": job.pk,
+            "kind": job.kind,
+            "organization": (job.params or {}).get("organization") or "",
+            "status": job.status,
+            "failed": job.failed,
+            "total": job.total,
+            "error": job.error[:300],
+            "top_errors": failure_groups(job, limit=TOP_ERRORS),
+        }
+        for job in jobs
+    ]
 
 
 def failed_jobs(ctx: Context, keep) -> list[dict]:
@@ -674,8 +757,13 @@ def inbox_section(ctx: Context) -> dict:
     """Shipments the scanner found in the inbox in the last 24 h, newest first.
 
     Shipments are not tied to organizations: every brief of a user who may see them (the
-    Shipments page's scanner.view_shipment) shows the inbox's, through its first-seen index.
+    Shipments page's scanner.view_shipment) shows the inbox's, read once per run.
     """
+    return once_per_run(ctx.run_id, "inbox", read_inbox)
+
+
+def read_inbox() -> dict:
+    """The inbox section, through the shipments' first-seen index."""
     Shipment = shipment_model()
     since = timezone.now() - timedelta(hours=24)
     shipments = Shipment.objects.filter(first_seen__gte=since).order_by("-first_seen")
@@ -858,6 +946,24 @@ def write_summary(ctx: Context, sections: list[dict], deadline: float | None = N
 # -- Saving and emailing ---------------------------------------------------------------------
 
 
+def update_brief(brief_id: int, fields: dict, only_if: str = "") -> int:
+    """Set a brief's `fields` (model field names) in one plain UPDATE; return the rows changed.
+
+    Each brief is updated twice or more: built, then emailed. The ORM's update() cost more
+    CPU to build than to run. Values are prepared by their fields, as the ORM does;
+    `only_if` adds a condition of literal SQL.
+    """
+    sets, params = [], []
+    for name, value in fields.items():
+        column = DailyBrief._meta.get_field(name)
+        sets.append(f"{connection.ops.quote_name(column.column)} = %s")
+        params.append(column.get_db_prep_save(value, connection))
+    sql = f"UPDATE {DailyBrief._meta.db_table} SET {', '.join(sets)} WHERE id = %s {only_if}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, brief_id])
+        return cursor.rowcount
+
+
 def save_built(
     ctx: Context, sections: list[dict], summary: Summary, job_id: int, claim: bool
 ) -> bool:
@@ -865,24 +971,22 @@ def save_built(
 
     With `claim`, the same UPDATE claims its email (see claim_email).
     """
-    saved = DailyBrief.objects.filter(pk=ctx.brief_id, status=DailyBrief.Status.PENDING).update(
-        email_claimed_at=timezone.now() if claim else None,
-        status=DailyBrief.Status.READY,
-        sections=sections,
-        summary=summary.text,
-        summary_source=summary.source,
-        error=summary.error,
-        built_at=timezone.now(),
-        job_id=job_id,
-    )
-    if saved:
-        ctx.status = DailyBrief.Status.READY
-        ctx.built = {"sections": sections, "summary": summary.text}
-    return bool(saved)
-
-
-def brief_status(brief_id: int) -> str | None:
-    return DailyBrief.objects.filter(pk=brief_id).values_list("status", flat=True).first()
+    now = timezone.now()
+    fields = {
+        "email_claimed_at": now if claim else None,
+        "status": DailyBrief.Status.READY,
+        "sections": sections,
+        "summary": summary.text,
+        "summary_source": summary.source,
+        "error": summary.error,
+        "built_at": now,
+        "job": job_id,
+    }
+    if not update_brief(ctx.brief_id, fields, only_if="AND status = 'pending'"):
+        return False
+    ctx.status = DailyBrief.Status.READY
+    ctx.built = {"sections": sections, "summary": summary.text}
+    return True
 
 
 def claim_email(brief_id: int) -> bool:
@@ -902,7 +1006,7 @@ def claim_email(brief_id: int) -> bool:
 
 def settle_email(brief_id: int, fields: dict) -> None:
     """Record how a claimed email ended (the claim stays unless `fields` clears it)."""
-    DailyBrief.objects.filter(pk=brief_id).update(**fields)
+    update_brief(brief_id, fields)
 
 
 def render_email(ctx: Context) -> tuple[str, str]:
