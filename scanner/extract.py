@@ -152,6 +152,12 @@ def render(messages: list[Message]) -> str:
     return "\n\n-----\n\n".join(parts)
 
 
+# The longest tracking number a carrier issues is 34 characters (USPS IMpb); a longer run of
+# letters and digits the model picks from the text (a reference, a hash) is not one, and
+# would not fit Shipment.tracking_number.
+MAX_NUMBER = 40
+
+
 def checked(proposed: list[dict], text: str) -> tuple[list[dict], list[dict]]:
     """The model's shipments that hold up against the text and the check digits; the rest."""
     haystack = NOT_ALNUM.sub("", text).upper()
@@ -159,6 +165,9 @@ def checked(proposed: list[dict], text: str) -> tuple[list[dict], list[dict]]:
     rejected = []
     for entry in proposed:
         number = rules.normalize(entry["tracking_number"])
+        if len(number) > MAX_NUMBER:
+            rejected.append({"tracking_number": number[:60], "reason": "too long"})
+            continue
         if len(number) < 8 or number not in haystack:
             rejected.append({"tracking_number": number, "reason": "not in the conversation"})
             continue

@@ -212,6 +212,14 @@ def test_checked_keeps_what_the_text_and_the_check_digits_support():
     assert {r["reason"] for r in rejected} == {"check digit fails", "not in the conversation"}
 
 
+def test_checked_rejects_a_number_longer_than_any_carrier_issues():
+    reference = "A1B2C3D4E5" * 5  # 50 letters and digits, in the text
+    proposed = [{"tracking_number": reference, "carrier": "other", "po_number": "",
+                 "shipped_date": "", "confidence": 0.9}]  # fmt: skip
+    kept, rejected = extract.checked(proposed, f"Reference {reference}")
+    assert kept == [] and rejected == [{"tracking_number": reference, "reason": "too long"}]
+
+
 def test_the_openai_limiter_paces_requests_from_the_first_one(workers, inbox, settings):
     path, labels = inbox
     with OpenAIServer(answer=model_answer, latency=0.05) as server:
@@ -225,3 +233,51 @@ def test_the_openai_limiter_paces_requests_from_the_first_one(workers, inbox, se
     assert server.max_in_window(1.0) <= 11
     arrivals = sorted(r.at for r in server.requests)
     assert arrivals[-1] - arrivals[0] >= (calls - 1) * 0.1 * 0.9
+
+
+def test_an_item_run_again_in_its_job_keeps_its_extraction_instead_of_asking_again(
+    transactional_db, redis_db, settings
+):
+    """Its worker died after recording the extraction and before the engine recorded the
+    item: the item runs again, in the same job, and must not ask the model twice."""
+    from project.kinds import Item, get_kind
+    from project.models import JobItem
+
+    conversation = Conversation.objects.create(source="mailbox", external_id="<t1@example.com>")
+    Message.objects.create(
+        conversation=conversation,
+        external_id="<t1@example.com>",
+        sender_name="Acme Parts",
+        sender_address="ship@acme.example",
+        subject="Shipped: PO 4471",
+        body="Your order shipped with UPS, tracking 1Z999AA10123456784.",
+    )
+    answer = {"supplier": "Acme Parts", "shipments": [
+        {"tracking_number": "1Z999AA10123456784", "carrier": "ups", "po_number": "4471",
+         "shipped_date": "2026-06-09", "confidence": 0.9}]}  # fmt: skip
+    with OpenAIServer(answer=lambda body: json.dumps(answer)) as server:
+        settings.OPENAI_API_KEY, settings.OPENAI_BASE_URL = "test-key", server.url
+        job = engine.launch(
+            "scan_conversations",
+            {"source": "mailbox:unused.mbox", "extractor": "openai", "rescan": True},
+            keys=[str(conversation.pk)],
+        )
+        row = JobItem.objects.get(job=job)
+        kind = get_kind("scan_conversations")
+        first = kind.run_item(job, Item(row.id, row.key, 1))
+        again = kind.run_item(job, Item(row.id, row.key, 1))
+
+    assert len(server.requests) == 1
+    assert first.status == again.status == "succeeded"
+    assert first.tallies["shipments_added"] == again.tallies["shipments_added"] == 1
+    assert "llm_calls" not in again.tallies  # counted once, by the run that asked
+    extraction = ExtractionResult.objects.get(conversation=conversation, job=job)
+    assert [s.tracking_number for s in extraction.shipments.all()] == ["1Z999AA10123456784"]
+    shipment = Shipment.objects.get()
+    assert (shipment.carrier, shipment.po_number, str(shipment.shipped_date)) == (
+        "ups",
+        "4471",
+        "2026-06-09",
+    )
+    conversation.refresh_from_db()
+    assert conversation.scan_state == "scanned"
