@@ -15,6 +15,7 @@ It runs in a database of its own (`batchboard_scanbench`, Redis database 10):
    - `rpm`: OPENAI_RPM=1200: the most requests the server saw in any 10 s window (<= 200,
      201 at a window's edge), and the run's length against the limit's lower bound.
    - `429`: 5% of answers are 429 with Retry-After: 1: every conversation still succeeds.
+   Each line also says how busy the machine, and PostgreSQL, were during the scan.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ os.environ["OPENAI_API_KEY"] = "bench-key"  # any key: the server is local
 LATENCY = 0.2
 
 
-from benchdb import prepare_database  # noqa: E402
+from benchdb import cpu_reading, cpu_used, prepare_database  # noqa: E402
 
 if __name__ == "__main__":
     prepare_database(SERVER, BENCH_DB, fresh="--fresh" in sys.argv)
@@ -49,6 +50,7 @@ import django  # noqa: E402 (needs the environment above)
 django.setup()
 
 from django.conf import settings  # noqa: E402
+from django.db import connection  # noqa: E402
 from rq import Worker  # noqa: E402
 
 from project import engine, llm  # noqa: E402
@@ -112,7 +114,9 @@ def run_case(path: Path, env: dict, workers: int, concurrency: int, rescan: bool
 
 
 def scan(path: Path, concurrency: int, rescan: bool) -> Job:
+    machine = cpu_reading()
     began = time.perf_counter()
+    launched_at = time.monotonic()
     job = engine.launch(
         "scan_conversations",
         {"source": f"mailbox:{path}", "extractor": "openai", "rescan": rescan},
@@ -123,6 +127,8 @@ def scan(path: Path, concurrency: int, rescan: bool) -> Job:
         time.sleep(0.05)
         job.refresh_from_db()
     job.launch_s = launched
+    job.launched_at = launched_at
+    job.cpu = cpu_used(machine)
     return job
 
 
@@ -132,7 +138,9 @@ def line(name: str, job: Job, server: OpenAIServer, extra: str = "") -> None:
         f"{name:6} {job.wall_s:7.2f} s  {job.status}: {job.succeeded}/{job.total} succeeded, "
         f"{job.failed} failed; {calls} model calls, {job.tallies.get('llm_skipped', 0)} skipped "
         f"(no tracking-like text), {len(server.requests)} requests "
-        f"({sum(1 for r in server.requests if r.status == 429)} answered 429){extra}",
+        f"({sum(1 for r in server.requests if r.status == 429)} answered 429), the first "
+        f"{min(r.at for r in server.requests) - job.launched_at:.2f} s after launch; item p50 "
+        f"{job.p50_ms:.0f} ms, p95 {job.p95_ms:.0f} ms{extra}; {job.cpu}",
         flush=True,
     )
 
@@ -147,6 +155,10 @@ def main() -> None:
     args = parser.parse_args()
     cases = args.cases.split(",")
     Conversation.objects.all().delete()
+    # What autovacuum does on a production server (it is off on some development ones): the
+    # rows earlier runs deleted would otherwise bloat the indexes every item goes through.
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.mbox"
         began = time.perf_counter()
