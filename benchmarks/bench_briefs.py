@@ -226,7 +226,7 @@ def main() -> None:
             load_before = load()
             cpu_before, own_before = cpu_seconds(workers), time.process_time()
             machine = cpu_reading()
-            began = time.perf_counter()
+            began, launched_at = time.perf_counter(), time.monotonic()
             decisions, job = briefs.schedule(AT, concurrency=args.concurrency)
             scheduled = time.perf_counter() - began
             while not job.is_finished:
@@ -251,6 +251,8 @@ def main() -> None:
             workers.wait(timeout=60)
         spans = [(r.at, r.at + args.latency) for r in server.requests]
         peak = max_overlap(spans)
+        first_call = min((r.at for r in server.requests), default=launched_at) - launched_at
+        last_call = max((r.at for r in server.requests), default=launched_at) - launched_at
     ideal = args.users * args.latency / args.concurrency
     made = DailyBrief.objects.filter(user__username__startswith="bench-")
     built = made.filter(status="ready" if args.no_email else "sent", summary_source="llm").count()
@@ -263,7 +265,8 @@ def main() -> None:
         f"(ideal {ideal:.2f} s, {wall / ideal:.3f} x ideal, efficiency {ideal / wall:.3f}); "
         f"{built:,} {'built' if args.no_email else 'emailed'} with a model summary; "
         f"item p50 {job.p50_ms:.0f} ms, "
-        f"p95 {job.p95_ms:.0f} ms; {len(server.requests):,} model calls, peak {peak} in flight"
+        f"p95 {job.p95_ms:.0f} ms; {len(server.requests):,} model calls, peak {peak} in flight, "
+        f"the first {first_call:.2f} s and the last {last_call:.2f} s after launch"
     )
     print(
         f"CPU: workers {worker_cpu:.2f} s ({worker_cpu / job.total * 1000:.1f} ms per brief), "

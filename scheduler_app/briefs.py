@@ -635,22 +635,26 @@ def may(granted: set[str] | None, permission: str) -> bool:
     return granted is None or permission in granted
 
 
-_per_run: dict[tuple[int, str], Any] = {}  # (daily_briefs job id, what) -> once_per_run's
+_per_run: dict[int, dict[str, Any]] = {}  # daily_briefs job id -> what -> once_per_run's
 _per_run_lock = threading.Lock()
 
 
 def once_per_run(run_id: int, what: str, read: Callable[[], Any]) -> Any:
-    """`read()`, called once per worker process per `daily_briefs` job (`run_id`).
+    """`read()`, shared by the briefs a worker process builds in one `daily_briefs` job.
 
-    For what every brief of a run shows alike (the failed jobs, the inbox's shipments):
-    the first brief reads it, the others of the run share it.
+    For what briefs of a run show alike (the failed jobs, the inbox's shipments, an
+    organization's figures for a day): the first brief to need it reads it (a few, if
+    they need it at the same moment), the others of the run share it.
     """
     with _per_run_lock:
-        if (run_id, what) not in _per_run:
-            if len({run for run, _ in _per_run}) >= 4:  # runs of other hours are over
-                _per_run.clear()
-            _per_run[run_id, what] = read()
-        return _per_run[run_id, what]
+        known = _per_run.get(run_id, {})
+        if what in known:
+            return known[what]
+    value = read()
+    with _per_run_lock:
+        if run_id not in _per_run and len(_per_run) >= 4:  # runs of other hours are over
+            _per_run.clear()
+        return _per_run.setdefault(run_id, {}).setdefault(what, value)
 
 
 def run_failed_jobs(run_id: int) -> list[dict]:
@@ -711,6 +715,25 @@ GROUP BY e.type
 def organization_section(ctx: Context, organization_id: int, name: str) -> dict:
     """One organization: emails of the next 7 days by type, yesterday's sent and failed, and
     its failed jobs of the last 24 h (jobs launched for it by name)."""
+    day = f"{organization_id}:{ctx.brief_date}:{ctx.timezone}"
+    by_type, sent, failed = once_per_run(
+        ctx.run_id, f"organization:{day}", lambda: organization_emails(ctx, organization_id)
+    )
+    return {
+        "kind": "organization",
+        "title": name,
+        "organization": organization_id,
+        "emails_next_7_days": dict(by_type),
+        "emails_next_7_days_total": sum(by_type.values()),
+        "sent_yesterday": sent,
+        "failed_yesterday": failed,
+        "failed_jobs": failed_jobs(ctx, lambda organization: organization == name),
+    }
+
+
+def organization_emails(ctx: Context, organization_id: int) -> tuple[dict, int, int]:
+    """(emails of the next 7 days by type, sent yesterday, failed yesterday): the same for
+    every owner whose brief is for that day in that zone, so read once per run."""
     first, end = ctx.brief_date, ctx.brief_date + timedelta(days=UPCOMING_DAYS)
     start, stop = ctx.day_bounds()
     sql = ORGANIZATION_EMAILS_SQL.format(
@@ -725,16 +748,7 @@ def organization_section(ctx: Context, organization_id: int, name: str) -> dict:
             by_type[kind] = by_type.get(kind, 0) + upcoming
             sent += sent_n
             failed += failed_n
-    return {
-        "kind": "organization",
-        "title": name,
-        "organization": organization_id,
-        "emails_next_7_days": by_type,
-        "emails_next_7_days_total": sum(by_type.values()),
-        "sent_yesterday": sent,
-        "failed_yesterday": failed,
-        "failed_jobs": failed_jobs(ctx, lambda organization: organization == name),
-    }
+    return by_type, sent, failed
 
 
 def jobs_section(ctx: Context) -> dict:
