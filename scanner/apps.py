@@ -11,8 +11,9 @@ class ScannerConfig(AppConfig):
         # The `scan_conversations` kind registers itself on import.
         from scanner import jobs  # noqa: F401
 
-    def load_demo(self) -> str:
-        """Write the demo mailbox that the dashboard's scan form offers (mailbox:demo.mbox)."""
+    def write_demo_files(self) -> str:
+        """Write the demo mailbox that the dashboard's scan form offers (mailbox:demo.mbox),
+        unless this machine has it (bootstrap calls this whatever the database holds)."""
         from django.conf import settings
 
         from scanner.demo import write_demo_mailbox

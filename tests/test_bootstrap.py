@@ -1,4 +1,4 @@
-"""The bootstrap command's superuser: admin/admin only for a local DEBUG run."""
+"""The bootstrap command: admin/admin only for a local DEBUG run; the demo on every checkout."""
 
 from __future__ import annotations
 
@@ -50,3 +50,18 @@ def test_a_local_debug_run_gets_admin_admin(transactional_db, no_superuser_env, 
     bootstrap()
 
     assert User.objects.get(username="admin").check_password("admin")
+
+
+def test_a_second_checkout_against_a_database_with_the_demo_still_gets_the_demo_mailbox(
+    transactional_db, redis_db, no_superuser_env, settings, tmp_path
+):
+    from project import engine
+
+    settings.SCANNER_MAILBOX_DIR = tmp_path / "mailboxes"
+    engine.launch("sleep", {"items": 1}, keys=["a"])  # the database has its demo data
+
+    out = io.StringIO()
+    call_command("bootstrap", stdout=out)
+
+    assert "demo data: already there" in out.getvalue()
+    assert (tmp_path / "mailboxes" / "demo.mbox").stat().st_size > 0

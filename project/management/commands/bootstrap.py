@@ -75,6 +75,14 @@ class Command(BaseCommand):
         self.stdout.write(f"superuser {username} created")
 
     def load_demo(self) -> None:
+        from django.apps import apps
+
+        # Files on this machine first: a second checkout, or another machine, against a
+        # database that has its demo data already still needs them (the demo mailbox).
+        for app in apps.get_app_configs():
+            writer = getattr(app, "write_demo_files", None)
+            if writer:
+                self.stdout.write(f"demo data: {writer()}")
         if Job.objects.exists():
             self.stdout.write("demo data: already there")
             return
@@ -84,8 +92,6 @@ class Command(BaseCommand):
             concurrency=20,
         )
         self.stdout.write(f"demo data: sleep job #{job.pk} queued (the workers run it)")
-        from django.apps import apps
-
         for app in apps.get_app_configs():
             loader = getattr(app, "load_demo", None)
             if loader:
