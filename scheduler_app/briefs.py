@@ -550,11 +550,60 @@ def context_sql() -> str:
     )
 
 
-def load_context(brief_id: int, run_id: int = 0) -> Context | None:
-    """The brief, its user, preference and organizations; None if the brief is gone."""
+def context_row(brief_id: int) -> tuple | None:
+    """CONTEXT_SQL's row for a brief (its sections decoded), or None if it is gone."""
     with connection.cursor() as cursor:
         cursor.execute(context_sql(), [brief_id])
         row = cursor.fetchone()
+    if row is None:
+        return None
+    sections = DailyBrief._meta.get_field("sections").from_db_value(row[8], None, connection)
+    return (*row[:8], sections, *row[9:])
+
+
+def context_row_orm(brief_id: int) -> tuple | None:
+    """context_row through the ORM, for databases other than PostgreSQL (no ARRAY())."""
+    brief = DailyBrief.objects.select_related("user__brief_preference").filter(pk=brief_id).first()
+    if brief is None:
+        return None
+    user = brief.user
+    preference = getattr(user, "brief_preference", None)
+    owned = list(user.owned_organizations.order_by("name", "id").values_list("id", "name"))
+    granted = Permission.objects.filter(Q(user=user) | Q(group__user=user)).values_list(
+        "content_type__app_label", "codename"
+    )
+    return (
+        brief.pk,
+        brief.status,
+        brief.brief_date,
+        brief.is_reengagement,
+        brief.reason,
+        brief.job_id,
+        brief.built_at is not None,
+        brief.summary_source,
+        brief.sections,
+        brief.summary,
+        user.pk,
+        user.get_username(),
+        user.first_name,
+        user.email,
+        user.last_login,
+        user.is_active,
+        user.is_superuser,
+        preference.timezone if preference else None,
+        preference.email_enabled if preference else None,
+        preference.frequency if preference else None,
+        [pk for pk, _ in owned],
+        [name for _, name in owned],
+        {f"{app}.{codename}" for app, codename in granted},
+    )
+
+
+def load_context(brief_id: int, run_id: int = 0) -> Context | None:
+    """The brief, its user, preference and organizations; None if the brief is gone."""
+    # SQLite (local runs) has no ARRAY(): there the ORM reads the same.
+    postgresql = connection.vendor == "postgresql"
+    row = context_row(brief_id) if postgresql else context_row_orm(brief_id)
     if row is None:
         return None
     (
@@ -612,13 +661,8 @@ def load_context(brief_id: int, run_id: int = 0) -> Context | None:
         run_id=run_id,
         built_by=job_id if built else None,
         summary_source=summary_source,
-        built={"sections": json_value(sections), "summary": summary},
+        built={"sections": sections, "summary": summary},
     )
-
-
-def json_value(value: Any) -> Any:
-    """A JSON column read by plain SQL: Django's PostgreSQL backend loads it as text."""
-    return json.loads(value) if isinstance(value, str | bytes) else value
 
 
 def permissions(is_active: bool, is_superuser: bool, granted: list[str]) -> set[str] | None:
@@ -1016,11 +1060,6 @@ def claim_email(brief_id: int) -> bool:
         .filter(Q(email_claimed_at__isnull=True) | Q(email_claimed_at__lt=abandoned))
         .update(email_claimed_at=now)
     )
-
-
-def settle_email(brief_id: int, fields: dict) -> None:
-    """Record how a claimed email ended (the claim stays unless `fields` clears it)."""
-    update_brief(brief_id, fields)
 
 
 def render_email(ctx: Context) -> tuple[str, str]:

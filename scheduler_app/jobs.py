@@ -681,7 +681,7 @@ class DailyBriefsKind(JobKind):
     def email(self, ctx, item: Item, who: str, tallies: dict, claimed: bool) -> Outcome:
         db = briefs.database_threads()
         if not ctx.email:
-            db.run(briefs.settle_email, ctx.brief_id, {"error": "the user has no email address"})
+            db.run(briefs.update_brief, ctx.brief_id, {"error": "the user has no email address"})
             return Outcome("succeeded", f"{who}; not emailed: no address", tallies)
         get_limiter("smtp").acquire()
         if not (claimed or db.run(briefs.claim_email, ctx.brief_id, deadline=item.deadline)):
@@ -697,14 +697,14 @@ class DailyBriefsKind(JobKind):
             error = str(exc) if isinstance(exc, PermanentError) else f"{type(exc).__name__}: {exc}"
             if is_transient_send(exc):
                 db.run(
-                    briefs.settle_email,
+                    briefs.update_brief,
                     ctx.brief_id,
                     {"email_claimed_at": None, "error": f"email: {error}"},
                 )
                 raise TransientError(error) from exc
             failed = {"status": DailyBrief.Status.EMAIL_FAILED, "error": f"email: {error}"[:2000]}
-            db.run(briefs.settle_email, ctx.brief_id, failed)
+            db.run(briefs.update_brief, ctx.brief_id, failed)
             raise PermanentError(error) from exc
         sent = {"status": DailyBrief.Status.SENT, "sent_at": timezone.now()}
-        db.run(briefs.settle_email, ctx.brief_id, sent)
+        db.run(briefs.update_brief, ctx.brief_id, sent)
         return Outcome("succeeded", f"{who}; emailed to {ctx.email}", tallies | {"emailed": 1})
