@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -45,9 +44,10 @@ os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/8")
 # The limiters must not be what paces the run, in this process and in the workers.
 LIMITS = {"OPENAI_RPM": "1000000", "OPENAI_TPM": "1000000000", "SMTP_RPM": "1000000"}
 os.environ.update(LIMITS)
+os.environ.pop("EMAIL_HOST", None)  # the console mailer, into /dev/null
 
 
-from benchdb import cpu_reading, cpu_used, prepare_database  # noqa: E402
+from benchdb import CpuMeter, live_workers, prepare_database, start_workers  # noqa: E402
 
 if __name__ == "__main__":
     prepare_database(SERVER, BENCH_DB, fresh="--fresh" in sys.argv)
@@ -58,7 +58,6 @@ django.setup()
 
 from django.contrib.auth.models import Permission, User  # noqa: E402
 from django.db import connection  # noqa: E402
-from rq import Worker  # noqa: E402
 
 from project import engine  # noqa: E402
 from project.models import Job, JobItem  # noqa: E402
@@ -156,43 +155,6 @@ def create_world(users: int, now: datetime, email: bool = True) -> None:
         cursor.execute("VACUUM ANALYZE")
 
 
-def live_workers() -> int:
-    return len(Worker.all(queue=engine.get_queue()))
-
-
-def start_workers(count: int, server: OpenAIServer) -> subprocess.Popen:
-    before = live_workers()
-    env = dict(os.environ) | {"OPENAI_API_KEY": "bench-key", "OPENAI_BASE_URL": server.url}
-    env.pop("EMAIL_HOST", None)  # the console mailer, into /dev/null
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "run_workers", "--workers", str(count)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while live_workers() < before + count:
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise SystemExit("the workers did not start")
-        time.sleep(0.2)
-    return proc
-
-
-def cpu_seconds(proc: subprocess.Popen) -> float:
-    """CPU time (user + system) used so far by a process and all its descendants."""
-    import psutil
-
-    total = 0.0
-    parent = psutil.Process(proc.pid)
-    for each in [parent, *parent.children(recursive=True)]:
-        try:
-            times = each.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
-
-
 def load() -> str:
     return " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -218,24 +180,25 @@ def main() -> None:
     )
     answer = "Two organizations, 14 emails this week; 5 failed yesterday, worth a look."
     with OpenAIServer(latency=args.latency, answer=lambda body: answer) as server:
-        workers = start_workers(args.workers, server)
+        env = {"OPENAI_API_KEY": "bench-key", "OPENAI_BASE_URL": server.url}
+        workers = start_workers(args.workers, env)
         others = live_workers() - args.workers
         if others:
             print(f"warning: {others} other workers share this queue; figures include them")
         try:
             load_before = load()
-            cpu_before, own_before = cpu_seconds(workers), time.process_time()
-            machine = cpu_reading()
+            meter, own_before = CpuMeter(workers, BENCH_DB), time.process_time()
             began, launched_at = time.perf_counter(), time.monotonic()
             decisions, job = briefs.schedule(AT, concurrency=args.concurrency)
             scheduled = time.perf_counter() - began
             while not job.is_finished:
                 time.sleep(0.05)
+                meter.sample()
                 job.refresh_from_db()
             wall = (job.finished_at - job.created_at).total_seconds()
             load_after = load()
-            machine_cpu = cpu_used(machine)
-            worker_cpu = cpu_seconds(workers) - cpu_before
+            machine_cpu = meter.busy(wall)
+            worker_cpu = meter.totals()["workers"]
             own_cpu = time.process_time() - own_before
             sleep = engine.launch(
                 "sleep",

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ os.environ["DATABASE_URL"] = f"{SERVER}/{BENCH_DB}"
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/3")
 
 
-from benchdb import prepare_database  # noqa: E402
+from benchdb import live_workers, prepare_database, start_workers  # noqa: E402
 
 if __name__ == "__main__":
     prepare_database(SERVER, BENCH_DB, fresh="--fresh" in sys.argv)
@@ -47,7 +46,6 @@ import django  # noqa: E402 (needs the environment above)
 django.setup()
 
 from django.db import connection  # noqa: E402
-from rq import Worker  # noqa: E402
 
 from project import engine  # noqa: E402
 from project.models import Job  # noqa: E402
@@ -101,25 +99,6 @@ def create_data(count: int, organizations: int) -> int:
                 subscriptions.append(Subscription(contact=contact, status="unsubscribed"))
     Subscription.objects.bulk_create(subscriptions, batch_size=10_000)
     return Contact.objects.filter(organization__in=orgs).receiving(topic).count()
-
-
-def live_workers() -> int:
-    return len(Worker.all(queue=engine.get_queue()))
-
-
-def start_workers(count: int) -> subprocess.Popen:
-    before = live_workers()
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "run_workers", "--workers", str(count)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while live_workers() < before + count:
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise SystemExit("the workers did not start")
-        time.sleep(0.2)
-    return proc
 
 
 def timed_run(concurrency: int | None) -> tuple[Job, float]:

@@ -40,7 +40,7 @@ os.environ["OPENAI_API_KEY"] = "bench-key"  # any key: the server is local
 LATENCY = 0.2
 
 
-from benchdb import cpu_reading, cpu_used, prepare_database  # noqa: E402
+from benchdb import CpuMeter, prepare_database, start_workers  # noqa: E402
 
 if __name__ == "__main__":
     prepare_database(SERVER, BENCH_DB, fresh="--fresh" in sys.argv)
@@ -51,7 +51,6 @@ django.setup()
 
 from django.conf import settings  # noqa: E402
 from django.db import connection  # noqa: E402
-from rq import Worker  # noqa: E402
 
 from project import engine, llm  # noqa: E402
 from project.connections import get_redis  # noqa: E402
@@ -83,22 +82,6 @@ def prepared_answers(path: Path):
     return answer
 
 
-def start_workers(count: int, env: dict) -> subprocess.Popen:
-    get_redis().flushdb()  # no limiter debt or worker records from the last case
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "run_workers", "--workers", str(count)],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while len(Worker.all(queue=engine.get_queue())) < count:
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise SystemExit("the workers did not start")
-        time.sleep(0.2)
-    return proc
-
-
 def stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     proc.wait(timeout=60)
@@ -106,15 +89,16 @@ def stop(proc: subprocess.Popen) -> None:
 
 def run_case(path: Path, env: dict, workers: int, concurrency: int, rescan: bool) -> Job:
     """Start workers with the case's settings, scan, stop them (also when the scan fails)."""
+    get_redis().flushdb()  # no limiter debt or worker records from the last case
     proc = start_workers(workers, env)
     try:
-        return scan(path, concurrency, rescan)
+        return scan(path, concurrency, rescan, proc)
     finally:
         stop(proc)
 
 
-def scan(path: Path, concurrency: int, rescan: bool) -> Job:
-    machine = cpu_reading()
+def scan(path: Path, concurrency: int, rescan: bool, workers: subprocess.Popen) -> Job:
+    meter = CpuMeter(workers, BENCH_DB)
     began = time.perf_counter()
     launched_at = time.monotonic()
     job = engine.launch(
@@ -125,10 +109,11 @@ def scan(path: Path, concurrency: int, rescan: bool) -> Job:
     launched = time.perf_counter() - began
     while not job.is_finished:
         time.sleep(0.05)
+        meter.sample()
         job.refresh_from_db()
     job.launch_s = launched
     job.launched_at = launched_at
-    job.cpu = cpu_used(machine)
+    job.cpu = meter.busy(job.wall_s)
     return job
 
 

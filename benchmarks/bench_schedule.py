@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import subprocess
 import sys
 import time
 from datetime import date, timedelta
@@ -41,7 +40,7 @@ os.environ["DATABASE_URL"] = f"{SERVER}/{BENCH_DB}"
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/3")
 
 
-from benchdb import prepare_database  # noqa: E402
+from benchdb import CpuMeter, live_workers, prepare_database, start_workers  # noqa: E402
 
 if __name__ == "__main__":
     prepare_database(SERVER, BENCH_DB, fresh="--fresh" in sys.argv)
@@ -51,7 +50,6 @@ import django  # noqa: E402 (needs the environment above)
 django.setup()
 
 from django.db import connection  # noqa: E402
-from rq import Worker  # noqa: E402
 
 from project import engine  # noqa: E402
 from project.models import Job  # noqa: E402
@@ -107,96 +105,10 @@ def create_contacts(count: int) -> None:
     # As an import leaves them: whatever statistics autovacuum has had time to gather.
 
 
-def live_workers() -> int:
-    return len(Worker.all(queue=engine.get_queue()))
-
-
-def start_workers(count: int) -> subprocess.Popen:
-    before = live_workers()
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "run_workers", "--workers", str(count)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while live_workers() < before + count:
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise SystemExit("the workers did not start")
-        time.sleep(0.2)
-    return proc
-
-
-class CpuMeter:
-    """CPU seconds the workers and the bench database's backends spend, sampled from /proc.
-
-    Wall time on a shared machine depends on what else runs; CPU time much less. Each
-    process's CPU is read at every sample (a backend that ends between two samples loses
-    at most one interval). PostgreSQL's shared processes (WAL writer, checkpointer) are not
-    counted; the machine's busy time, from /proc/stat, includes them and everything else.
-    """
-
-    TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-    def __init__(self, workers: subprocess.Popen | None):
-        self.root = workers.pid if workers else None
-        self.seen: dict[int, tuple[str, float]] = {}
-        self.start: dict[int, float] = {}
-        self.busy0 = self.machine_busy()
-        for pid, (group, cpu) in self.read().items():
-            self.start[pid] = cpu
-            self.seen[pid] = (group, cpu)
-
-    @staticmethod
-    def machine_busy() -> float:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-        idle = fields[3] + fields[4]
-        return (sum(fields[:8]) - idle) / CpuMeter.TICK
-
-    def read(self) -> dict[int, tuple[str, float]]:
-        found = {}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-            rest = stat[stat.rindex(")") + 2 :].split()
-            ppid, cpu = int(rest[1]), (int(rest[11]) + int(rest[12])) / self.TICK
-            if comm.startswith("postgres") and self.is_bench_backend(entry):
-                found[int(entry)] = ("postgres", cpu)
-            elif self.root and ppid == self.root:
-                found[int(entry)] = ("workers", cpu)
-        return found
-
-    @staticmethod
-    def is_bench_backend(pid: str) -> bool:
-        """A PostgreSQL backend serving the bench database ("postgres: ... <db> ...")."""
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                return f" {BENCH_DB} ".encode() in f.read()
-        except OSError:
-            return False
-
-    def sample(self) -> None:
-        for pid, value in self.read().items():
-            self.seen[pid] = value
-
-    def totals(self) -> dict[str, float]:
-        out = {"workers": 0.0, "postgres": 0.0}
-        for pid, (group, cpu) in self.seen.items():
-            out[group] += cpu - self.start.get(pid, 0.0)
-        out["machine"] = self.machine_busy() - self.busy0
-        return out
-
-
 def timed_run(contacts, today: date, concurrency: int | None, workers=None) -> dict:
     """Launch schedule_emails over every contact as the dashboard does, and wait."""
     load = os.getloadavg()[0]
-    meter = CpuMeter(workers)
+    meter = CpuMeter(workers, BENCH_DB)
     started = time.perf_counter()
     job = engine.launch("schedule_emails", {"today": today}, concurrency=concurrency)
     launched = time.perf_counter()

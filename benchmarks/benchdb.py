@@ -1,5 +1,5 @@
 """What the benchmarks share: a PostgreSQL database of their own, prepared before Django
-starts, and a reading of the machine's CPU while they run."""
+starts; the workers they start; and what the machine's CPU did while they ran."""
 
 from __future__ import annotations
 
@@ -28,24 +28,104 @@ def prepare_database(server: str, name: str, fresh: bool) -> None:
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, check=True)
 
 
-def cpu_reading() -> tuple[float, float, float]:
-    """(time, CPU seconds the machine has been busy, CPU seconds of PostgreSQL's processes)."""
-    import psutil
+def live_workers() -> int:
+    """RQ workers on the engine's queue (Django is set up by then)."""
+    from rq import Worker
 
-    busy = psutil.cpu_times()
-    postgres = 0.0
-    for process in psutil.process_iter(["name", "cpu_times"]):
-        if process.info["name"] == "postgres" and process.info["cpu_times"]:
-            postgres += process.info["cpu_times"].user + process.info["cpu_times"].system
-    return time.monotonic(), busy.user + busy.nice + busy.system + busy.irq + busy.softirq, postgres
+    from project import engine
+
+    return len(Worker.all(queue=engine.get_queue()))
 
 
-def cpu_used(before: tuple[float, float, float]) -> str:
-    """How busy the machine was since `before` (a cpu_reading), PostgreSQL's share included."""
-    after = cpu_reading()
-    elapsed, busy, postgres = (b - a for a, b in zip(before, after, strict=True))
-    cores = os.cpu_count() or 1
-    return (
-        f"the machine was busy {busy:.1f} of {elapsed * cores:.1f} CPU-seconds "
-        f"({busy / (elapsed * cores):.0%} of {cores} cores), PostgreSQL {postgres:.1f} s of them"
+def start_workers(count: int, env: dict | None = None) -> subprocess.Popen:
+    """`manage.py run_workers --workers count` with `env` added, once they have registered."""
+    before = live_workers()
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "run_workers", "--workers", str(count)],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
     )
+    deadline = time.monotonic() + 60
+    while live_workers() < before + count:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise SystemExit("the workers did not start")
+        time.sleep(0.2)
+    return proc
+
+
+class CpuMeter:
+    """CPU seconds the workers and the bench database's backends spend, sampled from /proc.
+
+    Wall time on a shared machine depends on what else runs; CPU time much less. Each
+    process's CPU is read at every sample (a backend that ends between two samples loses
+    at most one interval). PostgreSQL's shared processes (WAL writer, checkpointer) are not
+    counted; the machine's busy time, from /proc/stat, includes them and everything else.
+    """
+
+    TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def __init__(self, workers: subprocess.Popen | None, database: str):
+        self.root = workers.pid if workers else None
+        self.database = database
+        self.seen: dict[int, tuple[str, float]] = {}
+        self.start: dict[int, float] = {}
+        self.busy0 = self.machine_busy()
+        for pid, (group, cpu) in self.read().items():
+            self.start[pid] = cpu
+            self.seen[pid] = (group, cpu)
+
+    @staticmethod
+    def machine_busy() -> float:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + fields[4]
+        return (sum(fields[:8]) - idle) / CpuMeter.TICK
+
+    def read(self) -> dict[int, tuple[str, float]]:
+        found = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+            rest = stat[stat.rindex(")") + 2 :].split()
+            ppid, cpu = int(rest[1]), (int(rest[11]) + int(rest[12])) / self.TICK
+            if comm.startswith("postgres") and self.is_bench_backend(entry, self.database):
+                found[int(entry)] = ("postgres", cpu)
+            elif self.root and ppid == self.root:
+                found[int(entry)] = ("workers", cpu)
+        return found
+
+    @staticmethod
+    def is_bench_backend(pid: str, database: str) -> bool:
+        """A PostgreSQL backend serving the bench database ("postgres: ... <db> ...")."""
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return f" {database} ".encode() in f.read()
+        except OSError:
+            return False
+
+    def sample(self) -> None:
+        for pid, value in self.read().items():
+            self.seen[pid] = value
+
+    def totals(self) -> dict[str, float]:
+        out = {"workers": 0.0, "postgres": 0.0}
+        for pid, (group, cpu) in self.seen.items():
+            out[group] += cpu - self.start.get(pid, 0.0)
+        out["machine"] = self.machine_busy() - self.busy0
+        return out
+
+    def busy(self, wall: float) -> str:
+        """How busy the machine was over `wall` seconds, PostgreSQL's share included."""
+        cpu, cores = self.totals(), os.cpu_count() or 1
+        return (
+            f"the machine was busy {cpu['machine']:.1f} of {wall * cores:.1f} CPU-seconds "
+            f"({cpu['machine'] / (wall * cores):.0%} of {cores} cores), the bench database's "
+            f"PostgreSQL backends {cpu['postgres']:.1f} s of them"
+        )
