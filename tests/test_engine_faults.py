@@ -17,8 +17,9 @@ from django.db import connection, transaction
 from project import engine
 from project.connections import get_redis
 from project.engine import store
-from project.engine.execute import Executor, Result
+from project.engine.execute import Executor, Result, Unit
 from project.engine.runner import Runner
+from project.engine.slots import SlotPool, Slots
 from project.kinds import JobKind, RateLimited, get_kind
 from project.models import Job, JobItem
 from project.ratelimit import get_limiter
@@ -217,6 +218,75 @@ def test_after_losing_its_slots_a_job_never_runs_more_than_c_items(workers, loss
     assert_counters_match_items(job)
     intervals = list(JobItem.objects.filter(job=job).values_list("started_at", "finished_at"))
     assert max_overlap(intervals) <= 6
+
+
+def pool_of(owner: str, held_elsewhere=lambda: 0) -> SlotPool:
+    """One runner's slots of a job of concurrency 4, as the runner's main thread drives them."""
+    return SlotPool(Slots(1, 4, owner), 4, threading.Event(), held_elsewhere)
+
+
+def tokens_in_redis() -> int:
+    conn = get_redis()
+    return conn.llen("batch:1:slots:free") + sum(
+        conn.llen(key) for key in conn.scan_iter("batch:1:slots:held:*")
+    )
+
+
+def run_units(pool: SlotPool, count: int) -> list[Unit]:
+    units = [Unit([]) for _ in range(count)]
+    for unit in units:
+        assert pool.acquire(unit)
+    return units
+
+
+def test_slots_reserved_after_a_redis_restart_come_back_though_their_items_ended_unseen(
+    redis_db, settings
+):
+    """Runner A's items end while it lays out the slots anew, after runner B has already
+    reserved slots for them (they were under lease): no runner could say they ended. Once
+    the old leases have lapsed, the reserve keeps back only what runners still run."""
+    settings.BATCH_LEASE_SECONDS = 0.5
+    a = pool_of("a")
+    a.balance(4, refresh=True)
+    running = run_units(a, 4)
+    redis_db.flushdb()
+    b = pool_of("b", held_elsewhere=lambda: 4)
+
+    def while_a_counts():
+        b.balance(0, refresh=True)  # B lays out first, holding 4 slots for A's items
+        for unit in running:
+            a.release(unit)  # A's items end before A has seen the new layout
+        return 0
+
+    a.count_held_elsewhere = while_a_counts
+    a.balance(4, refresh=True)
+    assert a.held == 0 and tokens_in_redis() == 0
+    time.sleep(0.6)
+    a.balance(4, refresh=True)
+    assert a.held == 4
+    assert len(run_units(a, 4)) == 4
+    assert tokens_in_redis() == 4
+
+
+def test_after_a_redis_restart_items_still_running_keep_their_slots_until_they_end(
+    redis_db, settings
+):
+    settings.BATCH_LEASE_SECONDS = 0.5
+    a = pool_of("a")
+    a.balance(4, refresh=True)
+    running = run_units(a, 4)
+    redis_db.flushdb()
+    a.balance(4, refresh=True)  # lays out anew; its 4 items now run on reserved slots
+    a.release(running.pop())
+    a.balance(4, refresh=True)
+    assert a.held == 1
+    time.sleep(0.6)  # the leases lapse, but this live runner still runs 3 items
+    a.balance(4, refresh=True)
+    assert a.held == 1 and tokens_in_redis() == 1
+    for unit in running:
+        a.release(unit)
+    a.balance(4, refresh=True)
+    assert a.held == 4 and tokens_in_redis() == 4
 
 
 # -- Nothing counts twice -------------------------------------------------------------------

@@ -11,8 +11,10 @@ Every change is one Lua script, so it is atomic. A layout has an epoch: when Red
 (or the keys are lost any other way) the first runner to notice lays out new tokens under a
 new epoch, and every runner's tokens of the old epoch are void. Items that were running
 then still occupy slots: the new layout holds back a reserve of as many tokens as the job
-has items under a live lease, and gives them out as those items finish (`phantoms`, which
-the runners that survived report) or once their leases have lapsed.
+has items under a live lease, and gives one out as each of those items finishes. Once
+their leases have lapsed, it keeps back only as many as the live runners say they still
+run (`phantoms`, in each runner's `alive` value), so a finish nobody could report (Redis
+was away, or the runner had not yet seen the new layout) delays a token, never loses it.
 """
 
 from __future__ import annotations
@@ -34,17 +36,17 @@ log = logging.getLogger(__name__)
 # Keys live while the job runs: every refresh extends them; finalize deletes them.
 KEY_TTL = 24 * 3600
 
-# KEYS: epoch, free, reserve, reserve_until, phantoms, owners.
+# KEYS: epoch, free, reserve, reserve_until, owners.
 # ARGV: new epoch, limit, reserved, seconds to hold the reserve, ttl, key prefix.
 # Returns the epoch. Tokens of an old layout that survived (its keys expired one by one)
 # are dropped with the lists that hold them, so they are never counted twice.
 LAYOUT = """
 local current = redis.call('GET', KEYS[1])
 if current then return current end
-for _, owner in ipairs(redis.call('SMEMBERS', KEYS[6])) do
+for _, owner in ipairs(redis.call('SMEMBERS', KEYS[5])) do
   redis.call('DEL', ARGV[6] .. ':held:' .. owner)
 end
-redis.call('DEL', KEYS[6])
+redis.call('DEL', KEYS[5])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local limit = tonumber(ARGV[2])
@@ -55,12 +57,11 @@ for i = 1, limit - reserved do redis.call('RPUSH', KEYS[2], i) end
 if limit > reserved then redis.call('EXPIRE', KEYS[2], ARGV[5]) end
 redis.call('SET', KEYS[3], reserved, 'EX', ARGV[5])
 redis.call('SET', KEYS[4], tostring(now + tonumber(ARGV[4])), 'EX', ARGV[5])
-redis.call('SET', KEYS[5], 0, 'EX', ARGV[5])
 return ARGV[1]
 """
 
-# KEYS: epoch, free, owners, held, alive, reserve, reserve_until, phantoms.
-# ARGV: my epoch, owner, alive value, alive ttl, key ttl, key prefix.
+# KEYS: epoch, free, owners, held, alive, reserve, reserve_until.
+# ARGV: my epoch, owner, alive value ("demand,in use,phantoms"), alive ttl, key ttl, prefix.
 # Returns {0, tokens held, other runners' alive values...}, or {-1} when there is no layout,
 # or {-2} when the layout is not this runner's epoch (its tokens are void).
 REFRESH = """
@@ -68,28 +69,29 @@ local current = redis.call('GET', KEYS[1])
 if not current then return {-1} end
 if current ~= ARGV[1] then return {-2} end
 local ttl = ARGV[5]
-for _, k in ipairs({KEYS[1], KEYS[2], KEYS[3], KEYS[6], KEYS[7], KEYS[8]}) do
+for _, k in ipairs({KEYS[1], KEYS[2], KEYS[3], KEYS[6], KEYS[7]}) do
   redis.call('EXPIRE', k, ttl)
 end
 redis.call('SADD', KEYS[3], ARGV[2])
 redis.call('SET', KEYS[5], ARGV[3], 'EX', ARGV[4])
 redis.call('EXPIRE', KEYS[4], ttl)
+local out = {0, redis.call('LLEN', KEYS[4])}
+local phantoms = 0
+for _, owner in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  local v = redis.call('GET', ARGV[6] .. ':alive:' .. owner)
+  if v then
+    phantoms = phantoms + (tonumber(string.match(v, ',(%d+)$')) or 0)
+    if owner ~= ARGV[2] then table.insert(out, v) end
+  end
+end
 local reserve = tonumber(redis.call('GET', KEYS[6]) or '0')
-if reserve > 0 then
+if reserve > phantoms then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
   if now >= tonumber(redis.call('GET', KEYS[7]) or '0') then
-    -- The old holders' leases have lapsed: keep back only what survivors still run.
-    local release = reserve - tonumber(redis.call('GET', KEYS[8]) or '0')
-    for i = 1, release do redis.call('RPUSH', KEYS[2], 'r') end
-    if release > 0 then redis.call('DECRBY', KEYS[6], release) end
-  end
-end
-local out = {0, redis.call('LLEN', KEYS[4])}
-for _, owner in ipairs(redis.call('SMEMBERS', KEYS[3])) do
-  if owner ~= ARGV[2] then
-    local v = redis.call('GET', ARGV[6] .. ':alive:' .. owner)
-    if v then table.insert(out, v) end
+    -- The old holders' leases have lapsed: keep back only what live runners still run.
+    for i = 1, reserve - phantoms do redis.call('RPUSH', KEYS[2], 'r') end
+    redis.call('SET', KEYS[6], phantoms, 'KEEPTTL')
   end
 end
 return out
@@ -102,7 +104,7 @@ return out
 MOVE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 redis.call('SADD', KEYS[4], ARGV[3])
-redis.call('SET', KEYS[5], '0,0', 'NX', 'EX', ARGV[4])
+redis.call('SET', KEYS[5], '0,0,0', 'NX', 'EX', ARGV[4])
 local moved = 0
 for i = 1, tonumber(ARGV[2]) do
   if not redis.call('LMOVE', KEYS[2], KEYS[3], 'LEFT', 'RIGHT') then break end
@@ -111,21 +113,13 @@ end
 return moved
 """
 
-# KEYS: epoch, phantoms.  ARGV: my epoch, count.  Survivors of a re-layout say how many of
-# their items still run on slots of the old epoch.
-ADD_PHANTOMS = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-return redis.call('INCRBY', KEYS[2], ARGV[2])
-"""
-
-# KEYS: epoch, phantoms, reserve, free.  ARGV: my epoch.  An old-epoch item finished: its
+# KEYS: epoch, reserve, free.  ARGV: my epoch.  An item of a lost layout finished: its
 # slot of the reserve becomes a free token.
 END_PHANTOM = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then redis.call('DECR', KEYS[2]) end
-if tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then
-  redis.call('DECR', KEYS[3])
-  redis.call('RPUSH', KEYS[4], 'p')
+if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then
+  redis.call('DECR', KEYS[2])
+  redis.call('RPUSH', KEYS[3], 'p')
   return 1
 end
 return 0
@@ -189,7 +183,7 @@ class Slots:
         self.owners_key = f"{p}:owners"
         self.held_key = f"{p}:held:{owner}"
         self.alive_key = f"{p}:alive:{owner}"
-        self.reserve_keys = [f"{p}:reserve", f"{p}:reserve_until", f"{p}:phantoms"]
+        self.reserve_keys = [f"{p}:reserve", f"{p}:reserve_until"]
 
     def _script(self, source: str):
         return get_redis().register_script(source)
@@ -208,8 +202,9 @@ class Slots:
     def adopt(self, epoch: str) -> None:
         self.epoch = epoch
 
-    def refresh(self, demand: int, in_use: int) -> tuple[int, list[int]] | None:
-        """Say this runner is alive with its demand; return (tokens held, others' demands).
+    def refresh(self, demand: int, in_use: int, phantoms: int) -> tuple[int, list[int]] | None:
+        """Say this runner is alive with its demand, the tokens it uses and the items it still
+        runs on a lost layout's; return (tokens held, others' demands).
 
         Returns None when there is no layout; raises EpochChanged when this runner's tokens
         belong to an old layout.
@@ -225,7 +220,7 @@ class Slots:
         args = [
             self.epoch,
             self.owner,
-            f"{demand},{in_use}",
+            f"{demand},{in_use},{phantoms}",
             alive_seconds(),
             KEY_TTL,
             self.prefix,
@@ -257,12 +252,8 @@ class Slots:
             raise EpochChanged
         return moved
 
-    def add_phantoms(self, count: int) -> None:
-        keys = [self.epoch_key, self.reserve_keys[2]]
-        self._script(ADD_PHANTOMS)(keys=keys, args=[self.epoch, count])
-
     def end_phantom(self) -> None:
-        keys = [self.epoch_key, self.reserve_keys[2], self.reserve_keys[0], self.free_key]
+        keys = [self.epoch_key, self.reserve_keys[0], self.free_key]
         self._script(END_PHANTOM)(keys=keys, args=[self.epoch])
 
     def reclaim_dead(self) -> int:
@@ -274,8 +265,8 @@ class Slots:
         keys = [self.epoch_key, self.held_key, self.free_key, self.owners_key, self.alive_key]
         self._script(CLOSE)(keys=keys, args=[self.epoch, self.owner])
 
-    def runners(self) -> list[tuple[int, int]]:
-        """(demand, in use) of each live runner, as each last said."""
+    def runners(self) -> list[tuple[int, ...]]:
+        """(demand, in use, phantoms) of each live runner, as each last said."""
         conn = get_redis()
         owners = conn.smembers(self.owners_key)
         if not owners:
@@ -284,7 +275,7 @@ class Slots:
         return [tuple(map(int, v.split(b","))) for v in values if v is not None]
 
     def in_flight(self) -> int:
-        return sum(in_use for _, in_use in self.runners())
+        return sum(in_use + sum(phantoms) for _, in_use, *phantoms in self.runners())
 
     def has_live_runner(self) -> bool:
         return bool(self.runners())
@@ -398,10 +389,10 @@ class SlotPool:
             log.warning("job slots unavailable in Redis (%s)", exc)
 
     def refresh(self, demand: int) -> None:
-        state = self.slots.refresh(demand, self.in_use + self.phantoms)
+        state = self.slots.refresh(demand, self.in_use, self.phantoms)
         if state is None:
             self.lost_layout()
-            state = self.slots.refresh(demand, self.in_use + self.phantoms)
+            state = self.slots.refresh(demand, self.in_use, self.phantoms)
             if state is None:
                 return
         held, self.others = state
@@ -409,17 +400,17 @@ class SlotPool:
             self.held = min(self.held, held)
 
     def lost_layout(self) -> None:
-        """The tokens this runner held are gone: what runs now is phantoms of the new layout."""
-        with self.lock:
-            running = self.in_use
-            self.phantoms += running
-            self.in_use = self.held = 0
+        """The tokens this runner held are gone: what runs now is phantoms of the new layout.
+
+        The new epoch is known before the items running become phantoms, so each phantom
+        that ends gives its reserved slot back under the epoch that reserved it.
+        """
         epoch = self.slots.current_epoch()
-        if epoch:
-            self.slots.adopt(epoch)
-        else:
+        if not epoch:
             # Items under a live lease may be running: hold back their slots until they end.
-            reserved = self.count_held_elsewhere() + self.phantoms
-            self.slots.lay_out(uuid.uuid4().hex, reserved, settings.BATCH_LEASE_SECONDS)
-        if running:
-            self.slots.add_phantoms(running)
+            reserved = self.count_held_elsewhere() + self.in_use + self.phantoms
+            epoch = self.slots.lay_out(uuid.uuid4().hex, reserved, settings.BATCH_LEASE_SECONDS)
+        with self.lock:
+            self.slots.adopt(epoch)
+            self.phantoms += self.in_use
+            self.in_use = self.held = 0
