@@ -6,14 +6,16 @@ import json
 import subprocess
 import sys
 import threading
+from datetime import timedelta
 
 import pytest
 from django.core.exceptions import ValidationError
 from django.db import connections, transaction
 from django.urls import reverse
+from django.utils import timezone
 
 from project import engine
-from project.engine.planning import run_planner
+from project.engine.planning import get_queue, run_planner
 from project.models import Job, JobItem
 from tests.conftest import ROOT, worker_env
 from tests.helpers import wait_for_job, wait_until
@@ -67,6 +69,19 @@ def test_a_planner_that_dies_is_restarted_and_resumes_after_its_last_page(worker
     assert job.total == 500
     assert JobItem.objects.filter(job=job).count() == 500
     assert_counters_match_items(job)
+
+
+def test_a_planner_just_taken_from_the_queue_is_not_started_again(transactional_db, redis_db):
+    job = engine.launch("test_planned", {"items": 300, "page_size": 100})
+    get_queue().empty()  # a worker took the planner's task and has not yet taken its lease
+    redis_db.delete("batch:sweep")
+    assert engine.sweep() == []
+    assert get_queue().count == 0
+    # Once it could have taken its lease and lost it, it counts as dead.
+    Job.objects.filter(pk=job.pk).update(created_at=timezone.now() - timedelta(minutes=5))
+    redis_db.delete("batch:sweep")
+    assert engine.sweep() == [f"job {job.pk}: restarted its planner"]
+    assert [task.id.startswith(f"plan-{job.pk}-") for task in get_queue().jobs] == [True]
 
 
 def test_add_items_refuses_a_finished_job_and_keeps_nothing_of_the_page(transactional_db):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 
 import redis
 from django.conf import settings
@@ -94,8 +95,14 @@ def recover_job(job: Job, queued: set[str]) -> list[str]:
         and get_kind(job.kind).has_planner()
         and not any(i.startswith(f"plan-{job.pk}-") for i in queued)
     ):
+        # A planner with no lease yet may have just been taken from the queue: it is taken
+        # for dead only once it could have taken and lost one.
+        never_started = Q(
+            planner_lease_until__isnull=True,
+            created_at__lt=Now() - timedelta(seconds=settings.BATCH_LEASE_SECONDS),
+        )
         lapsed = Job.objects.filter(pk=job.pk, planning_done=False).filter(
-            Q(planner_lease_until__isnull=True) | Q(planner_lease_until__lt=Now())
+            never_started | Q(planner_lease_until__lt=Now())
         )
         if lapsed.exists():
             enqueue_planner(job.pk)
