@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import pytest
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 
 from project import engine
 from project.connections import get_redis
@@ -151,6 +151,28 @@ def test_sigterm_records_finished_items_and_gives_back_unstarted_ones_at_once(
     # Each item ran once: the ones given back never started.
     assert set(JobItem.objects.filter(job=job).values_list("attempts", flat=True)) == {1}
     assert_counters_match_items(job)
+
+
+def test_a_sweep_lets_an_idle_workers_shutdown_through_and_survives_an_outage(monkeypatch):
+    """RQ stops an idle worker by raising StopRequested from its signal handler, wherever
+    the worker is: often in the sweep it runs while idle."""
+    from rq.exceptions import StopRequested
+
+    from project.engine import recovery
+
+    def sweep_stopped():
+        raise StopRequested
+
+    def sweep_without_database():
+        raise OperationalError("the database is away")
+
+    monkeypatch.setattr(recovery, "sweep", sweep_stopped)
+    monkeypatch.setattr(recovery, "_next_sweep", 0.0)
+    with pytest.raises(StopRequested):
+        recovery.sweep_if_due()
+    monkeypatch.setattr(recovery, "sweep", sweep_without_database)
+    monkeypatch.setattr(recovery, "_next_sweep", 0.0)
+    assert recovery.sweep_if_due() == []
 
 
 def start_pool(env) -> subprocess.Popen:

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import close_old_connections, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Now
+from rq.exceptions import StopRequested
 
 from project.connections import get_redis
 from project.engine import store
@@ -32,13 +33,20 @@ _next_sweep = 0.0
 
 
 def sweep_if_due() -> list[str]:
-    """Sweep if this process has not tried for BATCH_SWEEP_SECONDS; never raises."""
+    """Sweep if this process has not tried for BATCH_SWEEP_SECONDS.
+
+    A failing sweep is logged, not raised: the next one tries again. Only an idle worker's
+    shutdown passes through: RQ's signal handler raises StopRequested wherever the worker
+    is, and a sweep that swallowed it would keep the worker running.
+    """
     global _next_sweep
     if time.monotonic() < _next_sweep:
         return []
     _next_sweep = time.monotonic() + settings.BATCH_SWEEP_SECONDS
     try:
         return sweep()
+    except StopRequested:
+        raise
     except Exception as exc:  # a database or Redis outage: the next one tries again
         log.warning("sweep failed: %s: %s", type(exc).__name__, exc)
         close_old_connections()
