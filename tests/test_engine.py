@@ -15,6 +15,8 @@ from django.db.models import Count
 from project import engine
 from project.connections import get_redis
 from project.engine.execute import failure
+from project.engine.runner import Runner
+from project.kinds import get_kind
 from project.models import Job, JobItem
 from tests.helpers import max_overlap, wait_for_job, wait_until
 
@@ -219,6 +221,29 @@ def test_the_error_policy_stops_a_job_whose_dependency_is_dead(workers):
     assert 20 <= job.failed < 100
     assert job.cancelled == 2000 - job.failed
     assert_counters_match_items(job)
+
+
+def test_a_runner_keeps_one_item_thread_per_slot_of_its_share(transactional_db, redis_db):
+    job = engine.launch("sleep", {"items": 1}, keys=["a"], concurrency=10)
+    runner = Runner(job, get_kind("sleep"))
+
+    def item_threads() -> int:
+        return sum(1 for t in threading.enumerate() if t.name == f"job{job.pk}-item")
+
+    try:
+        runner.pool.target = 3  # its fair share, while another runner takes the rest
+        runner.watch()
+        assert item_threads() == 3
+        runner.pool.target = 10  # the other runner left
+        runner.watch()
+        assert item_threads() == 10
+        runner.pool.target = 2  # threads between units leave
+        wait_until(lambda: item_threads() == 2, timeout=10)
+        runner.watch()
+        assert item_threads() == 2
+    finally:
+        runner.done.set()
+        wait_until(lambda: item_threads() == 0, timeout=10)
 
 
 def test_an_empty_job_finishes_at_once(transactional_db, redis_db):

@@ -87,9 +87,7 @@ class Runner:
 
     def run(self) -> None:
         previous = self.catch_sigterm()
-        self.heartbeat.start()
-        for _ in range(self.threads):
-            self.start_thread()
+        self.heartbeat.start()  # the item threads start with the first balance (watch)
         pending: list[Result] = []
         next_check = next_refresh = next_balance = next_flush = 0.0
         grace_ends = None
@@ -269,9 +267,30 @@ class Runner:
             for row in unit.rows:
                 self.results.put(failure(row.id, error, max(1, unit.attempts_of(row))))
             self.pool.release(unit)
-        self.workers = [t for t in self.workers if t.is_alive() and not getattr(t, "abandoned", 0)]
-        while len(self.workers) < self.threads and not self.done.is_set():
+        with self.lock:
+            self.workers = [
+                t for t in self.workers if t.is_alive() and not getattr(t, "abandoned", 0)
+            ]
+            missing = 0 if self.done.is_set() else self.wanted_threads() - len(self.workers)
+        for _ in range(missing):
             self.start_thread()
+
+    def wanted_threads(self) -> int:
+        """One item thread per slot of this runner's fair share, at most `self.threads`.
+
+        Threads beyond the share would only hold units while they wait for a slot, and each
+        idle one wakes the process many times a second: where two runners share a job of
+        concurrency 50, each keeps 25 threads, not 50.
+        """
+        return min(self.threads, max(1, self.pool.target))
+
+    def spare(self, thread: threading.Thread) -> bool:
+        """Whether `thread`, between units, is one more than the runner wants: it leaves."""
+        with self.lock:
+            if len(self.workers) <= self.wanted_threads() or thread not in self.workers:
+                return False
+            self.workers.remove(thread)
+            return True
 
     def must_judge(self, results: list[Result]) -> bool:
         """Whether to flush now so the error policy sees failures without delay."""
@@ -323,7 +342,8 @@ class Runner:
 
     def start_thread(self) -> None:
         thread = threading.Thread(target=self.work, name=f"job{self.job.pk}-item", daemon=True)
-        self.workers.append(thread)
+        with self.lock:
+            self.workers.append(thread)
         thread.start()
 
     def work(self) -> None:
@@ -364,8 +384,11 @@ class Runner:
             connections.close_all()  # this thread's own connections, if the kind opened any
 
     def next_unit(self) -> Unit | None:
+        me = threading.current_thread()
         idle_since = time.monotonic()
         while True:
+            if self.spare(me):
+                return None
             try:
                 return self.backlog.get(timeout=0.05)
             except queue.Empty:
