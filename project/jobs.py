@@ -21,11 +21,12 @@ def run_chunk(job_id: int, quota: int | None = None) -> None:
 
 
 def run_planner(job_id: int) -> None:
-    """Add a planned job's items page by page (project/engine/planning.py)."""
+    """Add a planned job's items page by page, and run them here meanwhile
+    (project/engine/planning.py)."""
     from project.engine import planning
 
     close_old_connections()
     try:
-        planning.run_planner(job_id)
+        planning.plan_and_run(job_id)
     finally:
         close_old_connections()

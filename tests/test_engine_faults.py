@@ -175,6 +175,40 @@ def test_a_sweep_lets_an_idle_workers_shutdown_through_and_survives_an_outage(mo
     assert recovery.sweep_if_due() == []
 
 
+@pytest.mark.parametrize(
+    "worker_class",
+    ["project.engine.worker.SimpleBatchWorker", "project.engine.worker.BatchWorker"],
+)
+def test_sigterm_stops_a_planner_and_another_worker_resumes_its_planning(
+    transactional_db, redis_db, worker_class
+):
+    """The planner's task runs items beside the planner: on SIGTERM both stop, and a
+    worker started later finishes the planning from the planner's cursor."""
+    command = [sys.executable, "-m", "django", "rqworker", "--worker-class", worker_class]
+    worker = subprocess.Popen([*command, "default"], cwd=ROOT, env=worker_env())
+    try:
+        job = engine.launch("test_planned", {"items": 600, "page_size": 50, "latency_ms": 300})
+        wait_until(lambda: Job.objects.get(pk=job.pk).total >= 100)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    job.refresh_from_db()
+    assert not job.planning_done and job.total < 600
+    assert not JobItem.objects.filter(job=job, status="running").exists()
+    second = subprocess.Popen([*command, "default"], cwd=ROOT, env=worker_env())
+    try:
+        job = wait_for_job(job, timeout=90)
+    finally:
+        second.terminate()
+        second.wait(timeout=30)
+    assert job.status == Job.Status.SUCCEEDED
+    assert job.total == job.succeeded == 600
+    assert set(JobItem.objects.filter(job=job).values_list("attempts", flat=True)) == {1}
+    assert_counters_match_items(job)
+
+
 def start_pool(env) -> subprocess.Popen:
     """A stock `rqworker-pool` session, in its own process group (as systemd would run it)."""
     return subprocess.Popen(

@@ -48,6 +48,21 @@ def test_the_job_page_shows_how_many_items_the_planner_has_found(admin_client, d
     assert "planning: 120 items so far" in page.content.decode()
 
 
+def test_items_run_while_the_planner_pages_even_on_a_single_worker(workers):
+    workers(1)
+    job = engine.launch("test_planned", {"items": 400, "page_size": 50, "latency_ms": 300})
+
+    def ran_while_planning() -> bool:
+        ran = JobItem.objects.filter(job=job, status="succeeded").exists()
+        return ran and not Job.objects.get(pk=job.pk).planning_done
+
+    wait_until(ran_while_planning, timeout=60)
+    job = wait_for_job(job, timeout=60)
+    assert job.status == Job.Status.SUCCEEDED
+    assert job.succeeded == 400
+    assert_counters_match_items(job)
+
+
 def test_a_planner_that_raises_fails_the_job_with_its_error(workers):
     workers(1)
     job = engine.launch(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 import traceback
 import uuid
@@ -19,7 +20,7 @@ from datetime import timedelta
 import django_rq
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -203,10 +204,43 @@ def take_planner_lease(job_id: int) -> bool:
     )
 
 
-def run_planner(job_id: int) -> None:
-    """Add a planned job's items page by page, from its stored cursor (an RQ task).
+def plan_and_run(job_id: int) -> None:
+    """The planner's RQ task: plan in a thread while this worker runs the job's items too.
 
-    1. Take the planner lease, so one planner runs per job.
+    Items start here as soon as the first page is stored, whether or not another worker is
+    free. The runner stays while the planner runs (it would otherwise give the worker back
+    while waiting for a page). On SIGTERM the runner leaves as any runner does, and the
+    planner stops after its page and lets its lease lapse, so recovery restarts it on
+    another worker, at its cursor.
+    """
+    from project.engine.runner import run_chunk  # the runner enqueues through this module
+
+    if not take_planner_lease(job_id):
+        return
+    stop = threading.Event()
+    planner = threading.Thread(
+        target=run_planner,
+        args=(job_id,),
+        kwargs={"leased": True, "stop": stop},
+        name=f"job{job_id}-planner",
+        daemon=True,
+    )
+    planner.start()
+    runner = None
+    try:
+        runner = run_chunk(job_id, stay_while_planning=True)
+    finally:
+        if runner is None or runner.shutdown.is_set():
+            # Nothing ran here (the job had stopped), or the worker is leaving.
+            stop.set()
+        planner.join()
+
+
+def run_planner(job_id: int, *, leased: bool = False, stop: threading.Event | None = None) -> None:
+    """Add a planned job's items page by page, from its stored cursor.
+
+    1. Take the planner lease (unless `leased`: the caller took it), so one planner runs
+       per job.
     2. For each page: store its items and the cursor after it in one transaction, and
        extend the lease (add_items). Runners work on the items meanwhile.
     3. Mark planning done (the job may then finish). A planner that raises fails the job
@@ -216,8 +250,16 @@ def run_planner(job_id: int) -> None:
     (off the web request), after the page's runners are enqueued and, for the last page,
     after planning is marked done: the job need not wait for it.
     """
-    if not take_planner_lease(job_id):
+    if not leased and not take_planner_lease(job_id):
         return
+    try:
+        plan(job_id, stop)
+    finally:
+        if threading.current_thread() is not threading.main_thread():
+            connections.close_all()  # the planner thread's own connection
+
+
+def plan(job_id: int, stop: threading.Event | None) -> None:
     job = Job.objects.get(pk=job_id)
     kind = get_kind(job.kind)
     stale = False
@@ -229,6 +271,10 @@ def run_planner(job_id: int) -> None:
                 analyze_items()
             stopped = Job.objects.filter(pk=job_id).values_list("planning_done", flat=True).get()
             if stopped:  # cancelled meanwhile
+                return
+            if stop is not None and stop.is_set():
+                # Its worker is leaving: recovery restarts planning elsewhere, at the cursor.
+                Job.objects.filter(pk=job_id).update(planner_lease_until=Now())
                 return
             before = job.total
             add_items(job, page.items, plan_cursor=page.cursor)

@@ -50,8 +50,11 @@ class WorkerLost(Exception):
 
 
 class Runner:
-    def __init__(self, job: Job, kind: JobKind):
+    def __init__(self, job: Job, kind: JobKind, *, stay_while_planning: bool = False):
         self.job = job
+        # The planner's own task hosts this runner (planning.plan_and_run): the worker is
+        # not free to give back while the planner runs beside it.
+        self.stay_while_planning = stay_while_planning
         self.kind = kind
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.lease = settings.BATCH_LEASE_SECONDS
@@ -217,7 +220,7 @@ class Runner:
 
     def idle_while_planning(self, now: float) -> bool:
         """Whether nothing has been claimable for a while, and the planner is not done."""
-        if self.outstanding or not self.exhausted or self.planning_done:
+        if self.outstanding or not self.exhausted or self.planning_done or self.stay_while_planning:
             self.idle_since = None
             return False
         if self.idle_since is None:
@@ -425,14 +428,15 @@ class Runner:
             signal.signal(signal.SIGTERM, previous)
 
 
-def run_chunk(job_id: int) -> None:
-    """Work on a job's items until none is left (the body of `project.jobs.run_chunk`)."""
+def run_chunk(job_id: int, *, stay_while_planning: bool = False) -> Runner | None:
+    """Work on a job's items until none is left (the body of `project.jobs.run_chunk`);
+    return the runner, or None when the job had nothing to run."""
     try:
         job = Job.objects.get(pk=job_id)
     except Job.DoesNotExist:
-        return
+        return None
     if job.is_finished or job.cancel_requested_at or job.error:
-        return
+        return None
     if not job.started_at or job.status == Job.Status.QUEUED:
         Job.objects.filter(pk=job_id, started_at__isnull=True).update(started_at=timezone.now())
         Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(status=Job.Status.RUNNING)
@@ -441,5 +445,7 @@ def run_chunk(job_id: int) -> None:
         kind = get_kind(job.kind)
     except KeyError as exc:
         fail_job(job.pk, f"{exc.args[0]}: the job cannot run here")
-        return
-    Runner(job, kind).run()
+        return None
+    runner = Runner(job, kind, stay_while_planning=stay_while_planning)
+    runner.run()
+    return runner
