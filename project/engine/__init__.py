@@ -6,7 +6,7 @@ can be rebuilt: the RQ queue, the job's concurrency slots, live latency figures.
 
 How a job runs, and where each part lives:
 1. `planning.launch` creates the job and its items, or enqueues the kind's planner, which
-   adds items page by page while they already run (planning.py).
+   adds items page by page while they already run, on its own worker too (planning.py).
 2. Runners (`project.jobs.run_chunk`, any worker on any machine) claim items with
    `FOR UPDATE SKIP LOCKED` under a lease (store.py) and run them in threads (runner.py),
    each attempt holding one of the job's C slots (slots.py), with retries, backoff and a

@@ -253,13 +253,14 @@ def run_planner(job_id: int, *, leased: bool = False, stop: threading.Event | No
     if not leased and not take_planner_lease(job_id):
         return
     try:
-        plan(job_id, stop)
+        plan_pages(job_id, stop)
     finally:
         if threading.current_thread() is not threading.main_thread():
             connections.close_all()  # the planner thread's own connection
 
 
-def plan(job_id: int, stop: threading.Event | None) -> None:
+def plan_pages(job_id: int, stop: threading.Event | None) -> None:
+    """The body of run_planner, once the lease is taken."""
     job = Job.objects.get(pk=job_id)
     kind = get_kind(job.kind)
     stale = False
