@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -115,25 +116,48 @@ def test_an_item_that_kills_its_worker_every_time_fails_after_max_claims(
 # -- Deploys and dead workers ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "worker_class",
-    ["project.engine.worker.SimpleBatchWorker", "project.engine.worker.BatchWorker"],
-)
-def test_sigterm_records_finished_items_and_gives_back_unstarted_ones_at_once(
-    transactional_db, redis_db, worker_class
-):
-    env = worker_env(BATCH_LEASE_SECONDS=120)  # a lease that would outlast the test
+# The engine's two worker classes, as `rqworker --worker-class` takes them.
+WORKER_CLASSES = ["project.engine.worker.SimpleBatchWorker", "project.engine.worker.BatchWorker"]
+
+
+def start_worker(worker_class: str, env: dict | None = None) -> subprocess.Popen:
+    """A stock `rqworker` of `worker_class` on the default queue."""
     command = [sys.executable, "-m", "django", "rqworker", "--worker-class", worker_class]
-    worker = subprocess.Popen([*command, "default"], cwd=ROOT, env=env)
+    return subprocess.Popen([*command, "default"], cwd=ROOT, env=env or worker_env())
+
+
+@contextlib.contextmanager
+def stopped_by_sigterm(worker: subprocess.Popen):
+    """Run the block, then SIGTERM the worker: it must leave cleanly within 30 s."""
     try:
-        job = engine.launch("sleep", {"items": 40, "latency_ms": 1500}, concurrency=4)
-        wait_until(lambda: JobItem.objects.filter(job=job, status="running").count() >= 8)
-        time.sleep(0.5)  # four items are running, four more are claimed and waiting
+        yield
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 0
     finally:
         if worker.poll() is None:
             worker.kill()
+
+
+def finish_on_a_new_worker(worker_class: str, job: Job, timeout: float) -> Job:
+    """Start another worker, wait for the job to finish there, then stop that worker."""
+    worker = start_worker(worker_class)
+    try:
+        return wait_for_job(job, timeout=timeout)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_sigterm_records_finished_items_and_gives_back_unstarted_ones_at_once(
+    transactional_db, redis_db, worker_class
+):
+    # A lease that would outlast the test.
+    worker = start_worker(worker_class, worker_env(BATCH_LEASE_SECONDS=120))
+    with stopped_by_sigterm(worker):
+        job = engine.launch("sleep", {"items": 40, "latency_ms": 1500}, concurrency=4)
+        wait_until(lambda: JobItem.objects.filter(job=job, status="running").count() >= 8)
+        time.sleep(0.5)  # four items are running, four more are claimed and waiting
     job.refresh_from_db()
     # Nothing waits for a lease: every item is settled or back to pending.
     assert not JobItem.objects.filter(job=job, status="running").exists()
@@ -141,12 +165,7 @@ def test_sigterm_records_finished_items_and_gives_back_unstarted_ones_at_once(
     assert JobItem.objects.filter(job=job, status="pending", claimed_by="").count() == 40 - (
         job.succeeded
     )
-    second = subprocess.Popen([*command, "default"], cwd=ROOT, env=worker_env())
-    try:
-        job = wait_for_job(job, timeout=60)
-    finally:
-        second.terminate()
-        second.wait(timeout=30)
+    job = finish_on_a_new_worker(worker_class, job, timeout=60)
     assert job.succeeded == 40
     # Each item ran once: the ones given back never started.
     assert set(JobItem.objects.filter(job=job).values_list("attempts", flat=True)) == {1}
@@ -175,34 +194,19 @@ def test_a_sweep_lets_an_idle_workers_shutdown_through_and_survives_an_outage(mo
     assert recovery.sweep_if_due() == []
 
 
-@pytest.mark.parametrize(
-    "worker_class",
-    ["project.engine.worker.SimpleBatchWorker", "project.engine.worker.BatchWorker"],
-)
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
 def test_sigterm_stops_a_planner_and_another_worker_resumes_its_planning(
     transactional_db, redis_db, worker_class
 ):
     """The planner's task runs items beside the planner: on SIGTERM both stop, and a
     worker started later finishes the planning from the planner's cursor."""
-    command = [sys.executable, "-m", "django", "rqworker", "--worker-class", worker_class]
-    worker = subprocess.Popen([*command, "default"], cwd=ROOT, env=worker_env())
-    try:
+    with stopped_by_sigterm(start_worker(worker_class)):
         job = engine.launch("test_planned", {"items": 600, "page_size": 50, "latency_ms": 300})
         wait_until(lambda: Job.objects.get(pk=job.pk).total >= 100)
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=30) == 0
-    finally:
-        if worker.poll() is None:
-            worker.kill()
     job.refresh_from_db()
     assert not job.planning_done and job.total < 600
     assert not JobItem.objects.filter(job=job, status="running").exists()
-    second = subprocess.Popen([*command, "default"], cwd=ROOT, env=worker_env())
-    try:
-        job = wait_for_job(job, timeout=90)
-    finally:
-        second.terminate()
-        second.wait(timeout=30)
+    job = finish_on_a_new_worker(worker_class, job, timeout=90)
     assert job.status == Job.Status.SUCCEEDED
     assert job.total == job.succeeded == 600
     assert set(JobItem.objects.filter(job=job).values_list("attempts", flat=True)) == {1}
