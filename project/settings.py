@@ -115,20 +115,23 @@ if not DATABASE_URL:
         DATABASE_URL = "postgres://postgres@127.0.0.1:5432/batchboard"
     else:
         services.warn("no PostgreSQL on 127.0.0.1:5432 and DATABASE_URL unset; using SQLite")
+# Several worker processes write to SQLite at once: WAL, wait for locks, and take the write
+# lock up front so two writers never deadlock upgrading a read lock.
+SQLITE_OPTIONS = {
+    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    "timeout": 30,
+    "transaction_mode": "IMMEDIATE",
+}
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+        DATABASES["default"]["OPTIONS"] = SQLITE_OPTIONS | DATABASES["default"].get("OPTIONS", {})
 else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": BASE_DIR / "db.sqlite3",
-            "OPTIONS": {
-                # Several worker processes write at once: WAL, wait for locks, and take the
-                # write lock up front so two writers never deadlock upgrading a read lock.
-                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-                "timeout": 30,
-                "transaction_mode": "IMMEDIATE",
-            },
+            "OPTIONS": SQLITE_OPTIONS,
         }
     }
 

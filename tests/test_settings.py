@@ -79,6 +79,19 @@ def test_a_dot_env_file_is_read_in_development_and_the_environment_wins(tmp_path
     assert not (tmp_path / ".secret_key").exists()
 
 
+def test_an_sqlite_database_url_gets_the_options_for_concurrent_workers(tmp_path):
+    """Workers write at once: without the write lock taken up front, a transaction that
+    reads and then writes fails at once with "database is locked", whatever the timeout."""
+    show = "import django; django.setup(); from django.conf import settings; "
+    show += "print(settings.DATABASES['default']['OPTIONS'])"
+    result = run(["-c", show], tmp_path, DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    assert result.returncode == 0, result.stderr
+    options = result.stdout.strip().splitlines()[-1]
+    assert "'transaction_mode': 'IMMEDIATE'" in options
+    assert "'timeout': 30" in options
+    assert "journal_mode=WAL" in options
+
+
 def test_production_refuses_to_start_without_a_secret_key(tmp_path):
     (tmp_path / ".secret_key").write_text("a-development-key\n")
     (tmp_path / ".env").write_text("SECRET_KEY=from-the-env-file\n")
