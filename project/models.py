@@ -60,6 +60,8 @@ class Job(models.Model):
 
     # False while a planner is still adding items; the job cannot finish before it is True.
     planning_done = models.BooleanField(default=True)
+    # A cancel came before the planner had added every item: the job did not run to its end.
+    planning_cut = models.BooleanField(default=False)
     # Where a planner that died resumes (the kind's own cursor), and until when the planner
     # running now holds the job (project/engine/planning.py).
     plan_cursor = models.TextField(blank=True)
@@ -161,8 +163,9 @@ class Job(models.Model):
     def final_status(self) -> str:
         if self.error:
             return self.Status.FAILED
-        # A cancel that came after every item had run cancelled nothing: the job ran to its end.
-        if self.cancel_requested_at and self.cancelled:
+        # A cancel that came after every item had run, and planning had ended, cancelled
+        # nothing: the job ran to its end.
+        if self.cancel_requested_at and (self.cancelled or self.planning_cut):
             return self.Status.CANCELLED
         if self.failed and not self.succeeded and not self.skipped:
             return self.Status.FAILED

@@ -63,6 +63,20 @@ def test_items_run_while_the_planner_pages_even_on_a_single_worker(workers):
     assert_counters_match_items(job)
 
 
+def test_cancelling_while_the_planner_pages_stops_both_planner_and_items(workers):
+    workers(1)
+    job = engine.launch("test_planned", {"items": 2000, "page_size": 50, "latency_ms": 300})
+    wait_until(lambda: JobItem.objects.filter(job=job, status="succeeded").exists())
+    assert engine.cancel(job)
+    job = wait_for_job(job, timeout=60)
+    assert job.status == Job.Status.CANCELLED
+    assert job.total < 2000  # the planner stopped after its page
+    assert_counters_match_items(job)
+    # The worker is free again: the next job runs.
+    after = wait_for_job(engine.launch("sleep", {"items": 20}), timeout=60)
+    assert after.status == Job.Status.SUCCEEDED
+
+
 def test_a_planner_that_raises_fails_the_job_with_its_error(workers):
     workers(1)
     job = engine.launch(

@@ -341,7 +341,10 @@ def cancel(job: Job) -> bool:
             return False
         cancelled = cancel_pending(job.pk)
         Job.objects.filter(pk=job.pk).update(
-            cancel_requested_at=now, cancelled=F("cancelled") + cancelled, planning_done=True
+            cancel_requested_at=now,
+            cancelled=F("cancelled") + cancelled,
+            planning_done=True,
+            planning_cut=not locked.planning_done,
         )
     job.refresh_from_db()
     finalize(job.pk)
