@@ -218,13 +218,14 @@ def plan_and_run(job_id: int) -> None:
     if not take_planner_lease(job_id):
         return
     stop = threading.Event()
-    planner = threading.Thread(
-        target=run_planner,
-        args=(job_id,),
-        kwargs={"leased": True, "stop": stop},
-        name=f"job{job_id}-planner",
-        daemon=True,
-    )
+
+    def plan_here() -> None:
+        try:
+            run_planner(job_id, leased=True, stop=stop)
+        finally:
+            connections.close_all()  # this thread's own connection
+
+    planner = threading.Thread(target=plan_here, name=f"job{job_id}-planner", daemon=True)
     planner.start()
     runner = None
     try:
@@ -252,15 +253,6 @@ def run_planner(job_id: int, *, leased: bool = False, stop: threading.Event | No
     """
     if not leased and not take_planner_lease(job_id):
         return
-    try:
-        plan_pages(job_id, stop)
-    finally:
-        if threading.current_thread() is not threading.main_thread():
-            connections.close_all()  # the planner thread's own connection
-
-
-def plan_pages(job_id: int, stop: threading.Event | None) -> None:
-    """The body of run_planner, once the lease is taken."""
     job = Job.objects.get(pk=job_id)
     kind = get_kind(job.kind)
     stale = False
