@@ -123,6 +123,21 @@ def test_add_items_refuses_a_finished_job_and_keeps_nothing_of_the_page(transact
     assert Job.objects.get(pk=job.pk).total == 0
 
 
+def test_a_page_that_comes_after_a_cancel_is_dropped(transactional_db, redis_db):
+    """The planner checks for a cancel before each page, and a cancel can come between
+    that check and the page: the cancel has counted the job's items, so the page is not
+    added (nor left pending for ever)."""
+    job = engine.launch("test_planned", {"items": 1000})
+    engine.add_items(job, ["a", "b"])
+    assert engine.cancel(job)
+    assert engine.add_items(job, ["c", "d"], plan_cursor="4") == 0
+    job.refresh_from_db()
+    assert job.total == 2 and job.plan_cursor == ""
+    assert sorted(JobItem.objects.filter(job=job).values_list("key", flat=True)) == ["a", "b"]
+    assert job.status == Job.Status.CANCELLED
+    assert_counters_match_items(job)
+
+
 def test_concurrent_pages_lose_no_update_to_the_total(transactional_db, redis_db):
     job = engine.launch("test_planned", {"items": 1})
     errors = []

@@ -109,14 +109,19 @@ def add_items(job: Job, items: Iterable, *, plan_cursor: str | None = None) -> i
     Keys already in the job are ignored. The job's total grows by an atomic UPDATE, and
     more runners are enqueued on commit, up to BATCH_MAX_CHUNKS for the job. With
     `plan_cursor` (a planner's page), the cursor after the page is stored and the planner's
-    lease extended in the same transaction. Raises ValidationError for a job that has
-    finished.
+    lease extended in the same transaction. A cancelled job takes no more (0 are new);
+    raises ValidationError for a job that has finished otherwise.
     """
     batches = store.prepare(items)  # Python work, before the transaction opens
     with transaction.atomic():
         added = store.insert(job.pk, batches)
         # Locked after the insert, so runners' counter updates wait only for this UPDATE.
         locked = Job.objects.select_for_update(no_key=True).get(pk=job.pk)
+        if locked.cancel_requested_at:
+            # Cancelled meanwhile: the page is dropped (its planner stops at its next page),
+            # so the cancel, which counted the job's items, never misses one.
+            transaction.set_rollback(True)
+            return 0
         if locked.is_finished:
             raise ValidationError(f"job #{job.pk} has finished; it takes no more items")
         total = locked.total + added
