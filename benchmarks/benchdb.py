@@ -55,7 +55,7 @@ def start_workers(count: int, env: dict | None = None) -> subprocess.Popen:
 
 
 class CpuMeter:
-    """CPU seconds the workers and the bench database's backends spend, sampled from /proc.
+    """CPU seconds the workers, the bench database's backends and this process spend.
 
     Wall time on a shared machine depends on what else runs; CPU time much less. Each
     process's CPU is read at every sample (a backend that ends between two samples loses
@@ -71,6 +71,7 @@ class CpuMeter:
         self.seen: dict[int, tuple[str, float]] = {}
         self.start: dict[int, float] = {}
         self.busy0 = self.machine_busy()
+        self.own0 = time.process_time()
         for pid, (group, cpu) in self.read().items():
             self.start[pid] = cpu
             self.seen[pid] = (group, cpu)
@@ -119,6 +120,7 @@ class CpuMeter:
         for pid, (group, cpu) in self.seen.items():
             out[group] += cpu - self.start.get(pid, 0.0)
         out["machine"] = self.machine_busy() - self.busy0
+        out["bench"] = time.process_time() - self.own0
         return out
 
     def busy(self, wall: float) -> str:
@@ -126,6 +128,7 @@ class CpuMeter:
         cpu, cores = self.totals(), os.cpu_count() or 1
         return (
             f"the machine was busy {cpu['machine']:.1f} of {wall * cores:.1f} CPU-seconds "
-            f"({cpu['machine'] / (wall * cores):.0%} of {cores} cores), the bench database's "
-            f"PostgreSQL backends {cpu['postgres']:.1f} s of them"
+            f"({cpu['machine'] / (wall * cores):.0%} of {cores} cores): the workers "
+            f"{cpu['workers']:.1f} s, the bench database's PostgreSQL backends "
+            f"{cpu['postgres']:.1f} s, this process (the model server) {cpu['bench']:.1f} s"
         )
