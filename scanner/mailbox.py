@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
 from email.message import Message
-from email.parser import BytesHeaderParser, BytesParser
+from email.parser import BytesParser
 from pathlib import Path
 
 from selectolax.lexbor import LexborHTMLParser
@@ -68,10 +68,9 @@ class _Entry:
 
 
 _ID = re.compile(r"<([^<>\s]+)>")
-_HEADER_PARSER = BytesHeaderParser(policy=policy.compat32)
-# compat32 for whole messages too: the default policy's header objects cost about ten times
-# as much to parse, and the planner reads every message of the mailbox. Headers are decoded
-# by _header, bodies by _decoded.
+# compat32: the default policy's header objects cost about ten times as much to parse, and
+# the planner reads every message of the mailbox. Headers are decoded by _header, bodies by
+# _decoded.
 _FULL_PARSER = BytesParser(policy=policy.compat32)
 _LATEST = datetime.max.replace(tzinfo=UTC)
 
@@ -102,17 +101,43 @@ def _date(value: str | None) -> datetime | None:
         return None
 
 
+_THREADING_HEADERS = (b"message-id", b"in-reply-to", b"references", b"date")
+
+
+def _threading_headers(header_bytes: bytes) -> dict[bytes, str]:
+    """The first Message-ID, In-Reply-To, References and Date of a header block, unfolded.
+
+    The first pass reads only these four of every message in the mailbox before the first
+    thread can be handed out: scanning the lines for them takes a fifth of the time the
+    email package takes to parse every header.
+    """
+    found: dict[bytes, str] = {}
+    name = None
+    for line in header_bytes.splitlines():
+        if line[:1] in (b" ", b"\t"):  # a folded line continues the header before it
+            if name is not None:
+                found[name] += " " + line.strip().decode("latin-1")
+            continue
+        key, colon, value = line.partition(b":")
+        name = key.strip().lower() if colon else None
+        if name in _THREADING_HEADERS and name not in found:
+            found[name] = value.strip().decode("latin-1")
+        else:
+            name = None
+    return found
+
+
 def _entry(header_bytes: bytes, position: int, locator: object) -> _Entry:
-    headers = _HEADER_PARSER.parsebytes(header_bytes)
-    message_ids = _ids(headers.get("Message-ID"))
-    in_reply_to = _ids(headers.get("In-Reply-To"))
+    headers = _threading_headers(header_bytes)
+    message_ids = _ids(headers.get(b"message-id"))
+    in_reply_to = _ids(headers.get(b"in-reply-to"))
     return _Entry(
         message_id=message_ids[0]
         if message_ids
         else hashlib.sha256(header_bytes).hexdigest()[:32] + "@mailbox.invalid",
         in_reply_to=in_reply_to[0] if in_reply_to else "",
-        references=_ids(headers.get("References")),
-        sent_at=_date(headers.get("Date")),
+        references=_ids(headers.get(b"references")),
+        sent_at=_date(headers.get(b"date")),
         position=position,
         locator=locator,
     )

@@ -90,6 +90,27 @@ def test_replies_to_a_message_missing_from_the_mailbox_still_share_a_thread(tmp_
     assert shape(read_threads(path)) == [("r1@x", ["r1@x", "r2@x"])]
 
 
+def test_folded_lowercase_and_repeated_threading_headers_are_read_as_mail_clients_do(tmp_path):
+    # Written by hand: a long References folded over three lines, header names in lower case,
+    # and a second Message-ID (the first one counts).
+    raw = (
+        b"From MAILER-DAEMON Mon Mar  3 09:00:00 2025\n"
+        b"message-id: <root@x>\nDate: Mon, 03 Mar 2025 09:00:00 +0000\n"
+        b"Subject: First\n\nHello\n\n"
+        b"From MAILER-DAEMON Mon Mar  3 09:10:00 2025\n"
+        b"Message-ID: <reply@x>\nMESSAGE-ID: <ignored@x>\n"
+        b"date:\n Mon, 03 Mar 2025\n 09:10:00 +0000\n"
+        b"References: <root@x>\n\t<middle@x>\n   <last@x>\n"
+        b"Subject: Re: First\n\nThanks\n"
+    )
+    path = tmp_path / "inbox.mbox"
+    path.write_bytes(raw)
+    (thread,) = read_threads(path)
+    assert shape([thread]) == [("root@x", ["root@x", "reply@x"])]
+    assert thread.messages[1].references == ["root@x", "middle@x", "last@x"]
+    assert thread.messages[1].sent_at == START + timedelta(minutes=10)
+
+
 def test_ties_on_the_first_date_are_ordered_by_root_id(tmp_path):
     path = write_mbox(tmp_path / "inbox.mbox", [mail("zz@x"), mail("aa@x"), mail("mm@x")])
     assert [t.root_id for t in read_threads(path)] == ["aa@x", "mm@x", "zz@x"]
