@@ -10,6 +10,7 @@ import pytest
 from project import llm
 from project.kinds import RateLimited, is_transient, pause_seconds
 from project.ratelimit import get_limiter
+from scanner import extract
 from tests.openai_server import OpenAIServer
 
 SCHEMA = {
@@ -84,6 +85,38 @@ def test_a_reply_that_breaks_the_schema_is_never_returned(server):
     server.answer = lambda body: json.dumps({"answer": 42})
     with pytest.raises(llm.InvalidOutput, match="answer"):
         ask(schema=SCHEMA)
+
+
+SHIPPED = {
+    "tracking_number": "1Z999AA10123456784",
+    "carrier": "ups",
+    "po_number": "",
+    "shipped_date": "",
+    "confidence": 0.9,
+}
+
+
+@pytest.mark.parametrize(
+    "reply, where",
+    [
+        ({"supplier": "Acme", "shipments": [{"number": "1Z"}]}, "shipments/0"),
+        (
+            {"supplier": "Acme", "shipments": [SHIPPED | {"confidence": True}]},
+            "shipments/0/confidence",
+        ),
+        (
+            {"supplier": "Acme", "shipments": [SHIPPED | {"carrier": "royal"}]},
+            "shipments/0/carrier",
+        ),
+        ({"supplier": 7, "shipments": []}, "supplier"),
+        ({"supplier": "Acme", "shipments": "none"}, "shipments"),
+        (["Acme"], "reply"),
+    ],
+)
+def test_a_reply_that_breaks_the_schema_says_where(server, reply, where):
+    server.answer = lambda body: json.dumps(reply)
+    with pytest.raises(llm.InvalidOutput, match=f"breaks the schema at {where}:"):
+        ask(schema=extract.SCHEMA)
 
 
 def test_the_limiter_is_charged_what_the_service_counted(server, settings):
