@@ -58,18 +58,22 @@ class CpuMeter:
     """CPU seconds the workers, the bench database's backends and this process spend.
 
     Wall time on a shared machine depends on what else runs; CPU time much less. Each
-    process's CPU is read at every sample (a backend that ends between two samples loses
-    at most one interval). PostgreSQL's shared processes (WAL writer, checkpointer) are not
-    counted; the machine's busy time, from /proc/stat, includes them and everything else.
+    process's CPU is read at most every SAMPLE_SECONDS, however often `sample` is called
+    (reading all of /proc takes 2 ms of this process's CPU, which the model server in it
+    would wait for); a backend that ends between two samples loses at most one interval.
+    PostgreSQL's shared processes (WAL writer, checkpointer) are not counted; the machine's
+    busy time, from /proc/stat, includes them and everything else.
     """
 
     TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    SAMPLE_SECONDS = 0.25
 
     def __init__(self, workers: subprocess.Popen | None, database: str):
         self.root = workers.pid if workers else None
         self.database = database
         self.seen: dict[int, tuple[str, float]] = {}
         self.start: dict[int, float] = {}
+        self.next_sample = time.monotonic() + self.SAMPLE_SECONDS
         self.busy0 = self.machine_busy()
         self.own0 = time.process_time()
         for pid, (group, cpu) in self.read().items():
@@ -112,10 +116,15 @@ class CpuMeter:
             return False
 
     def sample(self) -> None:
+        if time.monotonic() < self.next_sample:
+            return
+        self.next_sample = time.monotonic() + self.SAMPLE_SECONDS
         for pid, value in self.read().items():
             self.seen[pid] = value
 
     def totals(self) -> dict[str, float]:
+        self.next_sample = 0.0  # a last sample now
+        self.sample()
         out = {"workers": 0.0, "postgres": 0.0}
         for pid, (group, cpu) in self.seen.items():
             out[group] += cpu - self.start.get(pid, 0.0)

@@ -194,7 +194,7 @@ class Runner:
         # None claimable now: look again later; items of a runner that died become
         # claimable when their leases lapse, and a planner may still add items.
         self.exhausted = not rows
-        self.next_claim = now + (0.25 if not self.planning_done else 1.0)
+        self.next_claim = now + (0.05 if not self.planning_done else 1.0)
         unit: list[store.Claimed] = []
         for row in rows:
             self.outstanding[row.id] = row
