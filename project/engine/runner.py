@@ -181,9 +181,11 @@ class Runner:
             if self.outstanding:
                 return  # a suspect runs alone
             self.isolating = False
-        # Enough for every thread twice, or for half a second at the rate items settle here
-        # (fast items: fewer, bigger claims and flushes), whichever is more.
-        enough = max(self.threads * self.unit_size * 2, min(2000, int(self.rate(now) / 2)))
+        # Enough for each of this runner's threads twice, or for half a second at the rate
+        # items settle here (fast items: fewer, bigger claims and flushes), whichever is more.
+        # Its threads follow its share of the slots: a runner whose share other runners
+        # still hold claims little, and leaves the items to runners that can start them.
+        enough = max(self.wanted_threads() * self.unit_size * 2, min(2000, int(self.rate(now) / 2)))
         want = enough - self.backlog.qsize() * self.unit_size
         if want < max(1, enough // 4):
             return
