@@ -186,6 +186,10 @@ class JobKind:
     def has_planner(self) -> bool:
         return type(self).plan is not JobKind.plan
 
+    def warm_up(self) -> None:
+        """Build what the kind's items share in a process (a client, say) when a worker
+        starts, so the first items of its first job do not all wait for it."""
+
     def setup_thread(self, job: Job) -> Any:
         """Make a per-thread resource (an HTTP client, say); items get it as item.resource."""
         return None

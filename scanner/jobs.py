@@ -36,7 +36,7 @@ from project.models import Job
 from scanner import extract, front, mailbox
 from scanner.models import Conversation, ExtractionResult, MailboxUpload, Message, Shipment
 
-FIRST_PAGE = 20  # a small first page, so extraction starts at once
+FIRST_PAGE = 20  # a small first page, so extraction starts at once (or the concurrency)
 PAGE = 100  # conversations per planner page (Front's largest page)
 
 
@@ -164,7 +164,8 @@ class ScanConversationsKind(JobKind):
             after = after_of(job)
             max_pages = job.params.get("max_pages")
             batch: list[mailbox.Thread] = []
-            size = FIRST_PAGE if read == 0 else PAGE
+            # The first page gives every slot an item at once; later ones are larger.
+            size = min(PAGE, max(FIRST_PAGE, job.concurrency)) if read == 0 else PAGE
             for index, thread in enumerate(mailbox.read_threads(path)):
                 if index < read:
                     continue
@@ -180,6 +181,9 @@ class ScanConversationsKind(JobKind):
                 yield Page(store_threads(batch, after), f"{read + len(batch)}:{pages + 1}")
 
     # -- items -----------------------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        llm.warm_up(extract.SCHEMA)
 
     def setup_thread(self, job: Job):
         # A selection from the admin may hold Front conversations whatever the job's source.

@@ -32,6 +32,7 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
+from project import llm
 from project.engine import bound_cursor
 from project.kinds import Item, JobKind, Outcome, Page, PermanentError, TransientError, register
 from project.models import Job
@@ -627,6 +628,9 @@ class DailyBriefsKind(JobKind):
 
     def item_keys(self, job: Job) -> Iterable[tuple[str, dict]]:
         return briefs.launch_keys(job.params)
+
+    def warm_up(self) -> None:
+        llm.warm_up()
 
     def run_item(self, job: Job, item: Item) -> Outcome:
         """Build one brief and email it, each at most once.

@@ -141,6 +141,29 @@ class ThreadResourceKind(JobKind):
 
 
 @register
+class WarmKind(JobKind):
+    """Says in Redis which worker processes warmed it up; with WARM_UP_FAILS set, its
+    warm_up raises (the worker must start all the same)."""
+
+    name = "test_warm"
+    label = "Test: warm up"
+    form_class = FaultForm
+
+    def warm_up(self) -> None:
+        from project.connections import get_redis
+
+        if os.environ.get("WARM_UP_FAILS"):
+            raise RuntimeError("warm_up failed on purpose")
+        get_redis().sadd("test:warmed", os.getpid())
+
+    def item_keys(self, job: Job):
+        return numbered(job)
+
+    def run_item(self, job: Job, item) -> Outcome:
+        return Outcome()
+
+
+@register
 class PlannedKind(JobKind):
     """A planner of `items` items in pages, with data; can raise or die after some pages."""
 

@@ -386,3 +386,16 @@ def test_an_error_message_with_a_nul_byte_is_stored_readably():
 )
 def test_slots_are_shared_max_min_fairly_among_runners(demand, others, share):
     assert engine.fair_share(50, demand, others) == share
+
+
+def test_a_worker_warms_up_every_kind_before_its_first_job(workers, redis_db):
+    (proc,) = workers(1)
+    (failing,) = workers(1, WARM_UP_FAILS="1")
+    wait_until(lambda: redis_db.sismember("test:warmed", proc.pid), timeout=60)
+    # The worker whose warm_up failed works all the same: a job on it alone finishes.
+    proc.kill()
+    proc.wait(timeout=10)
+    job = wait_for_job(engine.launch("test_warm", {"items": 3}), sweep=True)
+    assert job.status == Job.Status.SUCCEEDED
+    assert JobItem.objects.filter(job=job).values("claimed_by").distinct().count() == 1
+    assert not redis_db.sismember("test:warmed", failing.pid)

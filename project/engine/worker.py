@@ -11,6 +11,7 @@ records what it finished before the worker exits.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import signal
@@ -20,6 +21,9 @@ from django.db import connections
 from rq.worker import SimpleWorker, Worker
 
 from project.engine import recovery
+from project.kinds import all_kinds
+
+log = logging.getLogger(__name__)
 
 
 class RecoveryMixin:
@@ -29,6 +33,7 @@ class RecoveryMixin:
         if settings.BATCH_WORKER_NICE:
             with contextlib.suppress(OSError):
                 os.nice(settings.BATCH_WORKER_NICE)
+        warm_up_kinds()
         return super().work(*args, **kwargs)
 
     @property
@@ -42,6 +47,15 @@ class RecoveryMixin:
             recovery.sweep_if_due()
             # A forking worker must not hand its database connection to the next horse.
             connections.close_all()
+
+
+def warm_up_kinds() -> None:
+    """Each kind's warm_up, before the worker takes its first job; a failure is logged."""
+    for kind in all_kinds():
+        try:
+            kind.warm_up()
+        except Exception:
+            log.exception("job kind %s: warm_up failed", kind.name)
 
 
 class BatchWorker(RecoveryMixin, Worker):
