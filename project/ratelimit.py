@@ -10,6 +10,7 @@ so tokens per minute follow what the service counted.
 
 from __future__ import annotations
 
+import threading
 import time
 
 from django.conf import settings
@@ -103,15 +104,34 @@ class RateLimiter:
         return float(script(keys=self.keys, args=args))
 
     def acquire(self, cost: float = 1, timeout: float | None = None) -> None:
-        """Block until the request may go; raise TimeoutError after `timeout` seconds."""
+        """Block until the request may go; raise TimeoutError after `timeout` seconds.
+
+        While the limiter makes callers wait, a process's waiters queue locally and one of
+        them at a time asks Redis again: each retry tells every waiter the same time to
+        wait, and fifty threads all retrying every 50 ms cost more CPU than their calls.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            wait = self.try_acquire(cost)
-            if wait <= 0:
-                return
-            if deadline is not None and time.monotonic() + wait > deadline:
-                raise TimeoutError(f"rate limiter {self.name!r} busy for {wait:.1f} s")
-            time.sleep(min(wait, 1.0))
+        wait = self.try_acquire(cost)
+        if wait <= 0:
+            return
+        self.check_deadline(wait, deadline)
+        turn = _turns(self.name)
+        left = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not turn.acquire(timeout=left):
+            raise TimeoutError(f"rate limiter {self.name!r} busy for longer than {timeout:g} s")
+        try:
+            while True:
+                wait = self.try_acquire(cost)
+                if wait <= 0:
+                    return
+                self.check_deadline(wait, deadline)
+                time.sleep(min(wait, 1.0))
+        finally:
+            turn.release()
+
+    def check_deadline(self, wait: float, deadline: float | None) -> None:
+        if deadline is not None and time.monotonic() + wait > deadline:
+            raise TimeoutError(f"rate limiter {self.name!r} busy for {wait:.1f} s")
 
     def settle(self, estimated: float, actual: float) -> None:
         """Replace a call's estimated cost with what it really used (tokens from `usage`)."""
@@ -122,6 +142,16 @@ class RateLimiter:
         """Stop every worker's requests through this limiter for `seconds` (a 429's Retry-After)."""
         script = get_redis().register_script(PAUSE)
         return float(script(keys=self.keys[2:], args=[seconds]))
+
+
+_turn_locks: dict[str, threading.Lock] = {}
+_turn_locks_lock = threading.Lock()
+
+
+def _turns(name: str) -> threading.Lock:
+    """The lock a process's waiters on limiter `name` take turns with."""
+    with _turn_locks_lock:
+        return _turn_locks.setdefault(name, threading.Lock())
 
 
 def get_limiter(name: str) -> RateLimiter:

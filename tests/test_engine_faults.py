@@ -23,7 +23,7 @@ from project.engine.runner import Runner
 from project.engine.slots import SlotPool, Slots
 from project.kinds import JobKind, RateLimited, get_kind
 from project.models import Job, JobItem
-from project.ratelimit import get_limiter
+from project.ratelimit import RateLimiter, get_limiter
 from tests.conftest import ROOT, worker_env
 from tests.helpers import (
     kill_tree,
@@ -447,6 +447,33 @@ def test_settling_a_smaller_usage_refunds_the_estimate(redis_db, settings):
     limiter.settle(estimated=600, actual=10)
     # What is left is the 10 tokens used: one second at 600 per minute, not a minute.
     assert 0 < limiter.try_acquire(cost=60) <= 1
+
+
+def test_threads_waiting_on_a_limiter_take_turns_asking_redis(redis_db):
+    asked = []
+
+    class Counting(RateLimiter):
+        def try_acquire(self, cost=1):
+            asked.append(time.monotonic())
+            return super().try_acquire(cost)
+
+    limiter = Counting("slow", rpm=1200, burst_seconds=0.25)  # 20 a second, 5 at once
+    took = []
+
+    def take():
+        limiter.acquire()
+        took.append(time.monotonic())
+
+    threads = [threading.Thread(target=take) for _ in range(25)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(took) == 25
+    # 20 of them waited for 1 s in all: each waiter asked once on arrival, and the one whose
+    # turn it was once or twice a request, where each of the 20 used to ask every 50 ms.
+    assert len(asked) <= 25 + 2 * 20 + 5
+    assert max(took) - min(took) >= (25 - 5 - 1) / 20 * 0.9  # and the rate held
 
 
 # -- Per-thread resources ------------------------------------------------------------------
