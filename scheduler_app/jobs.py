@@ -25,7 +25,6 @@ from functools import lru_cache
 
 import redis
 from django.conf import settings
-from django.core.mail import EmailMessage
 from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.template.loader import render_to_string
@@ -35,6 +34,7 @@ from django.utils import timezone
 from project import llm
 from project.engine import bound_cursor
 from project.kinds import Item, JobKind, Outcome, Page, PermanentError, TransientError, register
+from project.mail import EmailMessage
 from project.models import Job
 from project.ratelimit import get_limiter
 from scheduler_app import briefs, importer, recipients, rules

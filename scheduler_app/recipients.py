@@ -27,13 +27,13 @@ from datetime import UTC, datetime, timedelta
 import icalendar
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.mail import EmailMessage
 from django.core.validators import validate_email
 from django.db import transaction
 from django.db.models import Count
 from django.template.loader import render_to_string
 
 from project import engine
+from project.mail import EmailMessage
 from project.models import Job, JobItem
 from scheduler_app.models import Contact, Delivery, Mailing, Organization, RecipientGroup, Topic
 
