@@ -679,26 +679,48 @@ def may(granted: set[str] | None, permission: str) -> bool:
     return granted is None or permission in granted
 
 
-_per_run: dict[int, dict[str, Any]] = {}  # daily_briefs job id -> what -> once_per_run's
+_per_run: dict[int, dict[str, Future]] = {}  # daily_briefs job id -> what -> its read
 _per_run_lock = threading.Lock()
+_inline = threading.local()  # `cached_only` is set while build_sections tries a section inline
+READ_WAIT = 60  # seconds a brief waits for another brief's read of what they share
+
+
+class NeedsDatabase(Exception):
+    """A section tried inline (build_sections) needs a query: it goes to a database thread."""
 
 
 def once_per_run(run_id: int, what: str, read: Callable[[], Any]) -> Any:
     """`read()`, shared by the briefs a worker process builds in one `daily_briefs` job.
 
     For what briefs of a run show alike (the failed jobs, the inbox's shipments, an
-    organization's figures for a day): the first brief to need it reads it (a few, if
-    they need it at the same moment), the others of the run share it.
+    organization's figures for a day): the first brief to need it reads it, and the others
+    that need it meanwhile wait for that read rather than run it too (the first briefs of
+    a run all start at once). A read that fails is not kept: its waiters get its error,
+    and the next brief reads again.
     """
-    with _per_run_lock:
-        known = _per_run.get(run_id, {})
-        if what in known:
-            return known[what]
-    value = read()
+    inline = getattr(_inline, "cached_only", False)
     with _per_run_lock:
         if run_id not in _per_run and len(_per_run) >= 4:  # runs of other hours are over
             _per_run.clear()
-        return _per_run.setdefault(run_id, {}).setdefault(what, value)
+        known = _per_run.setdefault(run_id, {})
+        future = known.get(what)
+        if inline and not (future and future.done()):
+            raise NeedsDatabase(what)
+        reader = future is None
+        if reader:
+            future = known[what] = Future()
+    if not reader:
+        return future.result(timeout=READ_WAIT)
+    try:
+        value = read()
+    except BaseException as exc:
+        with _per_run_lock:
+            if _per_run.get(run_id, {}).get(what) is future:
+                del _per_run[run_id][what]
+        future.set_exception(exc)
+        raise
+    future.set_result(value)
+    return value
 
 
 def run_failed_jobs(run_id: int) -> list[dict]:
@@ -844,7 +866,10 @@ def read_inbox() -> dict:
 
 
 def section_builders(ctx: Context) -> list[tuple[dict, Callable, tuple]]:
-    """(what the section is, its builder, the builder's arguments), in the brief's order."""
+    """(what the section is, its builder, the builder's arguments), in the brief's order.
+
+    A builder reads the database only through once_per_run (see build_sections).
+    """
     builders: list[tuple[dict, Callable, tuple]] = [
         (
             {"kind": "organization", "title": name, "organization": org_id},
@@ -860,13 +885,26 @@ def section_builders(ctx: Context) -> list[tuple[dict, Callable, tuple]]:
 
 
 def build_sections(ctx: Context, deadline: float | None = None) -> list[dict]:
-    """Build every section at once on the database threads; a failing one keeps its error."""
+    """Build every section; a failing one keeps its error.
+
+    1. Each section is first tried here, reading only what the run has read already
+       (once_per_run): after a run's first briefs, most sections need no query, and going
+       through a database thread would only add two thread switches to each.
+    2. The sections that need a query are built at once on the database threads.
+    """
     threads = database_threads()
-    running = [
-        (header, threads.submit(builder, *args)) for header, builder, args in section_builders(ctx)
-    ]
+    building: list[tuple[dict, Future]] = []
+    for header, builder, args in section_builders(ctx):
+        try:
+            future: Future = Future()
+            future.set_result(inline(builder, *args))
+        except NeedsDatabase:
+            future = threads.submit(builder, *args)
+        except Exception as exc:
+            future.set_exception(exc)
+        building.append((header, future))
     sections = []
-    for header, future in running:
+    for header, future in building:
         try:
             sections.append(future.result(timeout=seconds_left(deadline)))
         except FutureTimeout:
@@ -876,6 +914,17 @@ def build_sections(ctx: Context, deadline: float | None = None) -> list[dict]:
             log.warning("brief %s: section %r failed: %r", ctx.brief_id, header["title"], exc)
             sections.append(header | {"error": f"{type(exc).__name__}: {exc}"[:500]})
     return sections
+
+
+def inline(builder: Callable, *args) -> dict:
+    """builder(*args) in this thread, from what the run has read; NeedsDatabase if it needs
+    more. Section builders read the database only through once_per_run, so a builder tried
+    here never runs a query: item threads hold no database connection."""
+    _inline.cached_only = True
+    try:
+        return builder(*args)
+    finally:
+        _inline.cached_only = False
 
 
 # -- The summary -----------------------------------------------------------------------------

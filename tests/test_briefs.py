@@ -594,9 +594,9 @@ def test_a_failing_section_shows_its_error_and_the_others_are_kept(
 def test_sections_are_built_at_the_same_time(transactional_db, redis_db, monkeypatch):
     user = owner("ann", ["Acme", "Birch", "Cedar", "Dune"])
     inside, peak, lock = 0, 0, threading.Lock()
-    real = briefs.organization_section
+    real = briefs.organization_emails
 
-    def slow(ctx, organization_id, name):
+    def slow(ctx, organization_id):
         nonlocal inside, peak
         with lock:
             inside += 1
@@ -604,11 +604,73 @@ def test_sections_are_built_at_the_same_time(transactional_db, redis_db, monkeyp
         threading.Event().wait(0.3)
         with lock:
             inside -= 1
-        return real(ctx, organization_id, name)
+        return real(ctx, organization_id)
 
-    monkeypatch.setattr(briefs, "organization_section", slow)
+    monkeypatch.setattr(briefs, "organization_emails", slow)
     brief, _ = build(user)
     assert peak == 4 and len(brief.sections) == 5
+
+
+def test_sections_the_run_has_read_already_are_built_without_a_query(
+    transactional_db, redis_db, monkeypatch
+):
+    user = make_world(NOW)
+    User.objects.filter(pk=user.pk).update(is_superuser=True)  # sees every failed job
+    failed_job("send_due_emails", {"organization": "Acme"}, {"550 mailbox unavailable": 3})
+    brief = DailyBrief.objects.create(user=user, brief_date=date(2026, 6, 10))
+    run = engine.launch("daily_briefs", {}, keys=[(str(user.pk), {"brief": brief.pk})])
+    ctx = briefs.load_context(brief.pk, run.pk)
+    first = briefs.build_sections(ctx)
+
+    threads = briefs.database_threads()
+    sent_to_threads = []
+    submit = threads.submit
+    monkeypatch.setattr(
+        threads, "submit", lambda fn, *args: sent_to_threads.append(fn) or submit(fn, *args)
+    )
+    with CaptureQueriesContext(connection) as queries:
+        again = briefs.build_sections(ctx)
+
+    assert again == first
+    assert [s["title"] for s in again] == ["Acme", "Birch", "Inbox", "Other failed jobs"]
+    assert first[0]["failed_jobs"][0]["failed"] == 3
+    assert sent_to_threads == [] and len(queries) == 0
+
+
+def test_briefs_that_need_the_same_figures_at_once_read_them_once():
+    reads, reading, release = [], threading.Event(), threading.Event()
+
+    def read():
+        reads.append(1)
+        reading.set()
+        release.wait(5)
+        return "figures"
+
+    got = []
+    first = threading.Thread(target=lambda: got.append(briefs.once_per_run(-1, "x", read)))
+    first.start()
+    reading.wait(5)
+    others = [
+        threading.Thread(target=lambda: got.append(briefs.once_per_run(-1, "x", read)))
+        for _ in range(4)
+    ]
+    for thread in others:
+        thread.start()
+    threading.Event().wait(0.2)  # the others are waiting for the first read
+    release.set()
+    for thread in [first, *others]:
+        thread.join(5)
+    assert got == ["figures"] * 5 and len(reads) == 1
+
+
+def test_a_failed_read_is_not_kept_the_next_brief_reads_again():
+    def fails():
+        raise RuntimeError("the database went away")
+
+    with pytest.raises(RuntimeError, match="went away"):
+        briefs.once_per_run(-2, "x", fails)
+    assert briefs.once_per_run(-2, "x", lambda: "figures") == "figures"
+    assert briefs.once_per_run(-2, "x", fails) == "figures"  # kept once read
 
 
 def test_an_item_that_runs_again_builds_and_emails_nothing_twice(transactional_db, redis_db):
