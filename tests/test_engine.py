@@ -388,7 +388,7 @@ def test_slots_are_shared_max_min_fairly_among_runners(demand, others, share):
     assert engine.fair_share(50, demand, others) == share
 
 
-def test_a_worker_warms_up_every_kind_before_its_first_job(workers, redis_db):
+def test_a_worker_warms_up_every_kind_then_freezes_what_it_made(workers, redis_db):
     (proc,) = workers(1)
     (failing,) = workers(1, WARM_UP_FAILS="1")
     wait_until(lambda: redis_db.sismember("test:warmed", proc.pid), timeout=60)
@@ -399,3 +399,8 @@ def test_a_worker_warms_up_every_kind_before_its_first_job(workers, redis_db):
     assert job.status == Job.Status.SUCCEEDED
     assert JobItem.objects.filter(job=job).values("claimed_by").distinct().count() == 1
     assert not redis_db.sismember("test:warmed", failing.pid)
+    # Its start-up objects (all of Django's) are out of garbage collection's way.
+    frozen = {
+        int(r.split()[0]) for r in JobItem.objects.filter(job=job).values_list("result", flat=True)
+    }
+    assert min(frozen) > 10_000
