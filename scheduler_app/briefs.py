@@ -681,7 +681,13 @@ def may(granted: set[str] | None, permission: str) -> bool:
 
 _per_run: dict[int, dict[str, Future]] = {}  # daily_briefs job id -> what -> its read
 _per_run_lock = threading.Lock()
-_inline = threading.local()  # `cached_only` is set while build_sections tries a section inline
+
+
+class _Inline(threading.local):
+    cached_only = False  # set while build_sections tries a section in an item thread
+
+
+_inline = _Inline()
 READ_WAIT = 60  # seconds a brief waits for another brief's read of what they share
 
 
@@ -698,7 +704,7 @@ def once_per_run(run_id: int, what: str, read: Callable[[], Any]) -> Any:
     a run all start at once). A read that fails is not kept: its waiters get its error,
     and the next brief reads again.
     """
-    inline = getattr(_inline, "cached_only", False)
+    inline = _inline.cached_only
     with _per_run_lock:
         if run_id not in _per_run and len(_per_run) >= 4:  # runs of other hours are over
             _per_run.clear()
@@ -761,30 +767,34 @@ def failed_jobs(ctx: Context, keep) -> list[dict]:
     ][:JOBS_LISTED]
 
 
-# Counts of one organization's emails: pending in the next 7 days, and sent or failed
-# yesterday (by when they were claimed), by type. One statement, through the contacts'
-# organization index and the emails' (contact, type, send_date) one; in plain SQL because
-# building it with the ORM cost more CPU than running it, once per section of every brief.
+# Counts of every organization's emails by type: pending in the next 7 days, and sent or
+# failed yesterday (by when they were claimed). One statement, through the emails' partial
+# indexes on pending send dates and on claim times; in plain SQL because building it with
+# the ORM cost more CPU than running it.
 ORGANIZATION_EMAILS_SQL = """
-SELECT e.type,
+SELECT c.organization_id, e.type,
        count(*) FILTER (WHERE e.status = 'pending' AND e.send_date >= %s AND e.send_date < %s),
        count(*) FILTER (WHERE e.status = 'sent' AND e.claimed_at >= %s AND e.claimed_at < %s),
        count(*) FILTER (WHERE e.status = 'failed' AND e.claimed_at >= %s AND e.claimed_at < %s)
 FROM {email} AS e JOIN {contact} AS c ON c.id = e.contact_id
-WHERE c.organization_id = %s
-  AND ((e.status = 'pending' AND e.send_date >= %s AND e.send_date < %s)
-       OR (e.claimed_at >= %s AND e.claimed_at < %s))
-GROUP BY e.type
+WHERE (e.status = 'pending' AND e.send_date >= %s AND e.send_date < %s)
+   OR (e.claimed_at >= %s AND e.claimed_at < %s)
+GROUP BY c.organization_id, e.type
 """
+
+Figures = tuple[dict, int, int]  # emails of the next 7 days by type, sent and failed yesterday
+
+
+def no_figures() -> Figures:
+    return dict.fromkeys(rules.EMAIL_TYPES, 0), 0, 0
 
 
 def organization_section(ctx: Context, organization_id: int, name: str) -> dict:
     """One organization: emails of the next 7 days by type, yesterday's sent and failed, and
     its failed jobs of the last 24 h (jobs launched for it by name)."""
-    day = f"{organization_id}:{ctx.brief_date}:{ctx.timezone}"
-    by_type, sent, failed = once_per_run(
-        ctx.run_id, f"organization:{day}", lambda: organization_emails(ctx, organization_id)
-    )
+    day = f"{ctx.brief_date}:{ctx.timezone}"
+    figures = once_per_run(ctx.run_id, f"organizations:{day}", lambda: organization_emails(ctx))
+    by_type, sent, failed = figures.get(organization_id) or no_figures()
     return {
         "kind": "organization",
         "title": name,
@@ -797,24 +807,24 @@ def organization_section(ctx: Context, organization_id: int, name: str) -> dict:
     }
 
 
-def organization_emails(ctx: Context, organization_id: int) -> tuple[dict, int, int]:
-    """(emails of the next 7 days by type, sent yesterday, failed yesterday): the same for
-    every owner whose brief is for that day in that zone, so read once per run."""
+def organization_emails(ctx: Context) -> dict[int, Figures]:
+    """Every organization's figures for the brief's day in the user's zone: the same for
+    every brief of a run for that day in that zone, so read once per run, in one query
+    (a run's briefs show most organizations; one query each cost more than all at once)."""
     first, end = ctx.brief_date, ctx.brief_date + timedelta(days=UPCOMING_DAYS)
     start, stop = ctx.day_bounds()
     sql = ORGANIZATION_EMAILS_SQL.format(
         email=ScheduledEmail._meta.db_table, contact=Contact._meta.db_table
     )
-    params = [first, end, start, stop, start, stop, organization_id, first, end, start, stop]
-    by_type = dict.fromkeys(rules.EMAIL_TYPES, 0)
-    sent = failed = 0
+    params = [first, end, start, stop, start, stop, first, end, start, stop]
+    figures: dict[int, Figures] = {}
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        for kind, upcoming, sent_n, failed_n in cursor.fetchall():
+        for organization_id, kind, upcoming, sent, failed in cursor.fetchall():
+            by_type, sent_before, failed_before = figures.get(organization_id) or no_figures()
             by_type[kind] = by_type.get(kind, 0) + upcoming
-            sent += sent_n
-            failed += failed_n
-    return by_type, sent, failed
+            figures[organization_id] = (by_type, sent_before + sent, failed_before + failed)
+    return figures
 
 
 def jobs_section(ctx: Context) -> dict:
