@@ -18,3 +18,10 @@ def get_redis() -> redis.Redis:
         health_check_interval=30,
         max_connections=None,
     )
+
+
+@functools.cache
+def get_script(source: str):
+    """A Lua script on the shared client, made once per process: making one hashes its
+    source, and the limiters and slots run theirs several times per item."""
+    return get_redis().register_script(source)

@@ -15,7 +15,7 @@ import time
 
 from django.conf import settings
 
-from project.connections import get_redis
+from project.connections import get_script
 
 # KEYS: request TAT, cost TAT, paused-until.  ARGV: rpm, tpm, cost, and the bursts (in
 # seconds of the rate) of requests and of cost.
@@ -99,7 +99,7 @@ class RateLimiter:
 
     def try_acquire(self, cost: float = 1) -> float:
         """Take one request of `cost` if allowed now; return 0, or the seconds to wait."""
-        script = get_redis().register_script(GCRA)
+        script = get_script(GCRA)
         args = [self.rpm, self.tpm, cost, self.burst_seconds, self.cost_burst_seconds]
         return float(script(keys=self.keys, args=args))
 
@@ -135,12 +135,12 @@ class RateLimiter:
 
     def settle(self, estimated: float, actual: float) -> None:
         """Replace a call's estimated cost with what it really used (tokens from `usage`)."""
-        script = get_redis().register_script(SETTLE)
+        script = get_script(SETTLE)
         script(keys=self.keys[1:2], args=[self.tpm, actual - estimated])
 
     def pause(self, seconds: float) -> float:
         """Stop every worker's requests through this limiter for `seconds` (a 429's Retry-After)."""
-        script = get_redis().register_script(PAUSE)
+        script = get_script(PAUSE)
         return float(script(keys=self.keys[2:], args=[seconds]))
 
 

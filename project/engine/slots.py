@@ -29,7 +29,7 @@ import uuid
 import redis
 from django.conf import settings
 
-from project.connections import get_redis
+from project.connections import get_redis, get_script
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class Slots:
         self.reserve_keys = [f"{p}:reserve", f"{p}:reserve_until"]
 
     def _script(self, source: str):
-        return get_redis().register_script(source)
+        return get_script(source)
 
     def current_epoch(self) -> str | None:
         value = get_redis().get(self.epoch_key)
