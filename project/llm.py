@@ -80,7 +80,7 @@ def warm_up(schema: dict | None = None) -> None:
     if enabled():
         client()
     if schema is not None:
-        validator(json.dumps(schema, sort_keys=True))
+        validator(schema)
 
 
 def estimate_tokens(text: str) -> int:
@@ -177,7 +177,7 @@ def parse(content: str, schema: dict) -> Any:
     except ValueError as exc:
         raise InvalidOutput(f"the model's reply is not JSON: {exc}") from None
     try:
-        validator(json.dumps(schema, sort_keys=True))(data)
+        validator(schema)(data)
     except fastjsonschema.JsonSchemaValueException as exc:
         where = "/".join(exc.path[1:]) or "reply"  # path[0] is "data", the reply itself
         message = f"the model's reply breaks the schema at {where}: {exc.message}"
@@ -185,12 +185,16 @@ def parse(content: str, schema: dict) -> Any:
     return data
 
 
-@functools.lru_cache(maxsize=32)
-def validator(schema: str) -> Callable[[Any], Any]:
-    """A schema compiled to a Python function, once per schema (it raises
+def validator(schema: dict) -> Callable[[Any], Any]:
+    """`schema` compiled to a Python function, once per schema (it raises
     JsonSchemaValueException for data that breaks the schema). Twenty times quicker than
     walking the schema for every reply, as a generic validator does; the schemas are the
     product's own constants, never user input."""
+    return _compiled(json.dumps(schema, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(schema: str) -> Callable[[Any], Any]:
     return fastjsonschema.compile(json.loads(schema))
 
 

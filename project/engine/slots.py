@@ -185,9 +185,6 @@ class Slots:
         self.alive_key = f"{p}:alive:{owner}"
         self.reserve_keys = [f"{p}:reserve", f"{p}:reserve_until"]
 
-    def _script(self, source: str):
-        return get_script(source)
-
     def current_epoch(self) -> str | None:
         value = get_redis().get(self.epoch_key)
         return value.decode() if value else None
@@ -196,7 +193,7 @@ class Slots:
         """Lay out the tokens unless someone already has; adopt and return the epoch."""
         keys = [self.epoch_key, self.free_key, *self.reserve_keys, self.owners_key]
         args = [epoch, self.limit, reserved, hold_seconds, KEY_TTL, self.prefix]
-        self.epoch = self._script(LAYOUT)(keys=keys, args=args).decode()
+        self.epoch = get_script(LAYOUT)(keys=keys, args=args).decode()
         return self.epoch
 
     def adopt(self, epoch: str) -> None:
@@ -225,7 +222,7 @@ class Slots:
             KEY_TTL,
             self.prefix,
         ]
-        reply = self._script(REFRESH)(keys=keys, args=args)
+        reply = get_script(REFRESH)(keys=keys, args=args)
         if reply[0] == -1:
             return None
         if reply[0] == -2:
@@ -247,23 +244,23 @@ class Slots:
     def _move(self, source: str, target: str, count: int) -> int:
         keys = [self.epoch_key, source, target, self.owners_key, self.alive_key]
         args = [self.epoch, count, self.owner, alive_seconds()]
-        moved = self._script(MOVE)(keys=keys, args=args)
+        moved = get_script(MOVE)(keys=keys, args=args)
         if moved < 0:
             raise EpochChanged
         return moved
 
     def end_phantom(self) -> None:
         keys = [self.epoch_key, self.reserve_keys[0], self.free_key]
-        self._script(END_PHANTOM)(keys=keys, args=[self.epoch])
+        get_script(END_PHANTOM)(keys=keys, args=[self.epoch])
 
     def reclaim_dead(self) -> int:
         """Return the tokens of runners whose `alive` key has lapsed; return how many."""
         keys = [self.owners_key, self.free_key]
-        return int(self._script(RECLAIM)(keys=keys, args=[self.prefix]))
+        return int(get_script(RECLAIM)(keys=keys, args=[self.prefix]))
 
     def close(self) -> None:
         keys = [self.epoch_key, self.held_key, self.free_key, self.owners_key, self.alive_key]
-        self._script(CLOSE)(keys=keys, args=[self.epoch, self.owner])
+        get_script(CLOSE)(keys=keys, args=[self.epoch, self.owner])
 
     def runners(self) -> list[tuple[int, ...]]:
         """(demand, in use, phantoms) of each live runner, as each last said."""
