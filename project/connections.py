@@ -25,3 +25,17 @@ def get_script(source: str):
     """A Lua script on the shared client, made once per process: making one hashes its
     source, and the limiters and slots run theirs several times per item."""
     return get_redis().register_script(source)
+
+
+def open_redis_connections(count: int) -> None:
+    """Open up to `count` connections in the shared client's pool, as a worker starts: each
+    item thread that takes a rate limiter uses one, and a job's first items would otherwise
+    all connect at once. (A forked work horse makes its own.)"""
+    pool = get_redis().connection_pool
+    opened = []
+    try:
+        for _ in range(count):
+            opened.append(pool.get_connection())
+    finally:
+        for connection in opened:
+            pool.release(connection)

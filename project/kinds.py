@@ -190,6 +190,15 @@ class JobKind:
         """Build what the kind's items share in a process (a client, say) when a worker
         starts, so the first items of its first job do not all wait for it."""
 
+    def claimed(self, job: Job, items: list[Item]) -> None:
+        """Called by a runner with the items it has just claimed, before any of them starts.
+
+        A kind may start loading what those items will need (on threads of its own: the
+        runner waits for this call), so each item finds it ready. Items may still never run
+        here (the runner stops and gives them back), and a retried item runs again without
+        a new call. Errors are logged and ignored.
+        """
+
     def setup_thread(self, job: Job) -> Any:
         """Make a per-thread resource (an HTTP client, say); items get it as item.resource."""
         return None

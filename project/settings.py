@@ -212,6 +212,8 @@ BATCH_QUEUE = env("BATCH_QUEUE", "default")
 BATCH_CHUNK_SIZE = env_int("BATCH_CHUNK_SIZE", 500)
 BATCH_MAX_CHUNKS = env_int("BATCH_MAX_CHUNKS", 16)
 BATCH_MAX_THREADS = env_int("BATCH_MAX_THREADS", 64)  # threads one worker gives one job
+# Redis connections a worker opens as it starts, for its item threads' rate limiters.
+BATCH_WARM_REDIS_CONNECTIONS = env_int("BATCH_WARM_REDIS_CONNECTIONS", 32)
 BATCH_LEASE_SECONDS = env_float("BATCH_LEASE_SECONDS", 30)  # a dead worker's items return after
 BATCH_ALIVE_SECONDS = env_float("BATCH_ALIVE_SECONDS", 5)  # a dead worker's slots return after
 BATCH_SWEEP_SECONDS = env_float("BATCH_SWEEP_SECONDS", 5)  # how often recovery runs

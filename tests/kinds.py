@@ -142,6 +142,32 @@ class ThreadResourceKind(JobKind):
 
 
 @register
+class AnnouncedKind(JobKind):
+    """Notes in Redis the items a runner announces as claimed (`claimed`); an item fails
+    unless it was announced before it ran. With `bad=claimed`, `claimed` then raises."""
+
+    name = "test_announced"
+    label = "Test: announced"
+    form_class = FaultForm
+    item_keys = staticmethod(numbered)
+
+    def claimed(self, job: Job, items) -> None:
+        from project.connections import get_redis
+
+        get_redis().sadd(f"test:announced:{job.pk}", *[item.key for item in items])
+        if "claimed" in bad_keys(job):
+            raise RuntimeError("claimed failed on purpose")
+
+    def run_item(self, job: Job, item) -> Outcome:
+        from project.connections import get_redis
+
+        if not get_redis().sismember(f"test:announced:{job.pk}", item.key):
+            raise PermanentError(f"item {item.key} ran unannounced")
+        nap(job)
+        return Outcome(summary="announced")
+
+
+@register
 class WarmKind(JobKind):
     """Says in Redis which worker processes warmed it up; with WARM_UP_FAILS set, its
     warm_up raises (the worker must start all the same). An item says how many objects

@@ -13,7 +13,7 @@ from django.db import connections, transaction
 from django.db.models import Count
 
 from project import engine
-from project.connections import get_redis
+from project.connections import get_redis, open_redis_connections
 from project.engine.execute import failure
 from project.engine.runner import Runner
 from project.kinds import get_kind
@@ -244,6 +244,30 @@ def test_a_runner_keeps_one_item_thread_per_slot_of_its_share(transactional_db, 
     finally:
         runner.done.set()
         wait_until(lambda: item_threads() == 0, timeout=10)
+
+
+@pytest.mark.parametrize("bad", ["", "claimed"])
+def test_a_kind_hears_of_the_items_a_runner_claimed_before_they_run(workers, redis_db, bad):
+    workers(2)
+    job = engine.launch(
+        "test_announced", {"items": 120, "latency_ms": 5, "bad": bad}, concurrency=8
+    )
+    job = wait_for_job(job)
+    # Every item was announced first; a kind whose `claimed` fails still runs its items.
+    assert job.status == Job.Status.SUCCEEDED and job.succeeded == 120
+    assert redis_db.scard(f"test:announced:{job.pk}") == 120
+
+
+def test_a_worker_opens_its_item_threads_redis_connections_ahead(redis_db):
+    get_redis.cache_clear()  # a new client, as in a worker that just started
+    before = len(redis_db.client_list())
+    try:
+        open_redis_connections(5)
+        assert len(redis_db.client_list()) == before + 5
+        assert sum(count for count, _ in get_redis().connection_pool.get_connection_count()) == 5
+    finally:
+        get_redis().close()
+        get_redis.cache_clear()
 
 
 def test_an_empty_job_finishes_at_once(transactional_db, redis_db):

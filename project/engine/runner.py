@@ -39,7 +39,7 @@ from project.engine.finalize import (
 from project.engine.heartbeat import Heartbeat
 from project.engine.live import record_latency
 from project.engine.slots import SlotPool, Slots
-from project.kinds import JobKind, get_kind
+from project.kinds import Item, JobKind, get_kind
 from project.models import Job, JobItem
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ class Runner:
         # claimable when their leases lapse, and a planner may still add items.
         self.exhausted = not rows
         self.next_claim = now + (0.05 if not self.planning_done else 1.0)
-        unit: list[store.Claimed] = []
+        runnable: list[store.Claimed] = []
         for row in rows:
             self.outstanding[row.id] = row
             if row.claims > settings.BATCH_MAX_ATTEMPTS:
@@ -206,13 +206,20 @@ class Runner:
                     "died each time (killed, out of memory, or crashed)"
                 )
                 pending.append(failure(row.id, error, max(1, row.attempts)))
-                continue
-            unit.append(row)
-            if len(unit) == self.unit_size:
-                self.backlog.put(Unit(unit))
-                unit = []
-        if unit:
-            self.backlog.put(Unit(unit))
+            else:
+                runnable.append(row)
+        if runnable and type(self.kind).claimed is not JobKind.claimed:
+            self.announce(runnable)
+        for start in range(0, len(runnable), self.unit_size):
+            self.backlog.put(Unit(runnable[start : start + self.unit_size]))
+
+    def announce(self, rows: list[store.Claimed]) -> None:
+        """Tell the kind which items this runner will start (JobKind.claimed)."""
+        items = [Item(row.id, row.key, row.attempts + 1, row.data) for row in rows]
+        try:
+            self.kind.claimed(self.job, items)
+        except Exception:
+            log.exception("job %s: %s.claimed failed", self.job.pk, self.kind.name)
 
     def rate(self, now: float) -> float:
         """Items per second this runner settled over the last two seconds."""

@@ -21,6 +21,7 @@ from django.conf import settings
 from django.db import connections
 from rq.worker import SimpleWorker, Worker
 
+from project.connections import open_redis_connections
 from project.engine import recovery
 from project.kinds import all_kinds
 
@@ -56,12 +57,17 @@ class RecoveryMixin:
 
 
 def warm_up_kinds() -> None:
-    """Each kind's warm_up, before the worker takes its first job; a failure is logged."""
+    """Each kind's warm_up, and the Redis connections of the item threads, before the worker
+    takes its first job; a failure is logged."""
     for kind in all_kinds():
         try:
             kind.warm_up()
         except Exception:
             log.exception("job kind %s: warm_up failed", kind.name)
+    try:
+        open_redis_connections(settings.BATCH_WARM_REDIS_CONNECTIONS)
+    except Exception:
+        log.exception("could not open Redis connections ahead of the first job")
 
 
 class BatchWorker(RecoveryMixin, Worker):
