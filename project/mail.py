@@ -45,3 +45,9 @@ def with_once_headers(policy: email.policy.Policy) -> email.policy.Policy:
 class EmailMessage(mail.EmailMessage):
     def message(self, *, policy=email.policy.default):
         return super().message(policy=with_once_headers(policy))
+
+
+def warm_up() -> None:
+    """Build one message, as a worker starts: its first emails then find the header classes
+    made and the host's name (the Message-ID's domain, a name lookup) known."""
+    EmailMessage("warm-up", "warm-up", to=["warm-up@example.com"]).message().as_bytes()

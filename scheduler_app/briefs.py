@@ -46,10 +46,10 @@ from django.contrib.auth.models import Permission
 from django.db import IntegrityError, close_old_connections, connection, connections, transaction
 from django.db.models import CharField, DateField, Max, Q, Value
 from django.db.models.functions import Cast
-from django.template.loader import render_to_string
+from django.template.loader import get_template, render_to_string
 from django.utils import timezone
 
-from project import engine, llm
+from project import engine, llm, mail
 from project.engine.live import failure_groups
 from project.kinds import all_kinds, is_rate_limited, pause_seconds
 from project.models import ACTIVE_STATUSES, Job, JobItem
@@ -525,7 +525,7 @@ SELECT b.id, b.status, b.brief_date, b.is_reengagement, b.reason, b.job_id,
 FROM {brief} AS b
 JOIN {user} AS u ON u.id = b.user_id
 LEFT JOIN {preference} AS p ON p.user_id = u.id
-WHERE b.id = %s
+WHERE b.id = ANY(%s)
 """
 
 
@@ -550,19 +550,22 @@ def context_sql() -> str:
     )
 
 
-def context_row(brief_id: int) -> tuple | None:
-    """CONTEXT_SQL's row for a brief (its sections decoded), or None if it is gone."""
+def context_rows(brief_ids: list[int]) -> dict[int, tuple]:
+    """CONTEXT_SQL's rows for these briefs (sections decoded), by brief id; gone ones miss."""
+    if connection.vendor != "postgresql":  # SQLite (local runs) has no ARRAY()
+        return {row[0]: row for row in map(context_row_orm, brief_ids) if row is not None}
     with connection.cursor() as cursor:
-        cursor.execute(context_sql(), [brief_id])
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    sections = DailyBrief._meta.get_field("sections").from_db_value(row[8], None, connection)
-    return (*row[:8], sections, *row[9:])
+        cursor.execute(context_sql(), [list(brief_ids)])
+        rows = cursor.fetchall()
+    sections = DailyBrief._meta.get_field("sections")
+    return {
+        row[0]: (*row[:8], sections.from_db_value(row[8], None, connection), *row[9:])
+        for row in rows
+    }
 
 
 def context_row_orm(brief_id: int) -> tuple | None:
-    """context_row through the ORM, for databases other than PostgreSQL (no ARRAY())."""
+    """context_rows' row for one brief through the ORM, for databases other than PostgreSQL."""
     brief = DailyBrief.objects.select_related("user__brief_preference").filter(pk=brief_id).first()
     if brief is None:
         return None
@@ -601,11 +604,17 @@ def context_row_orm(brief_id: int) -> tuple | None:
 
 def load_context(brief_id: int, run_id: int = 0) -> Context | None:
     """The brief, its user, preference and organizations; None if the brief is gone."""
-    # SQLite (local runs) has no ARRAY(): there the ORM reads the same.
-    postgresql = connection.vendor == "postgresql"
-    row = context_row(brief_id) if postgresql else context_row_orm(brief_id)
-    if row is None:
-        return None
+    return load_contexts([brief_id], run_id).get(brief_id)
+
+
+def load_contexts(brief_ids: list[int], run_id: int = 0) -> dict[int, Context]:
+    """load_context for several briefs in one query, by brief id; gone ones miss."""
+    return {
+        brief_id: context_from_row(row, run_id) for brief_id, row in context_rows(brief_ids).items()
+    }
+
+
+def context_from_row(row: tuple, run_id: int) -> Context:
     (
         brief_id,
         status,
@@ -729,6 +738,73 @@ def once_per_run(run_id: int, what: str, read: Callable[[], Any]) -> Any:
     return value
 
 
+_prefetched: dict[tuple[int, int], Future] = {}  # (run id, brief id) -> its context's load
+_prefetched_lock = threading.Lock()
+PREFETCHED_KEPT = 10_000  # loads kept for items that never ran here (given back, say)
+
+
+def prefetch(brief_ids: list[int], run_id: int) -> None:
+    """Start loading these briefs' contexts in one query on a database thread, then the
+    reads their sections share (start_shared_reads); `context_for` picks each up.
+
+    A runner calls this with the items it has just claimed (DailyBriefsKind.claimed), so
+    an item finds its context loaded, instead of a query and two thread switches each; and
+    a run's first briefs need not all wait for the shared reads their sections start.
+    """
+    if not brief_ids:
+        return
+    loads = {brief_id: Future() for brief_id in brief_ids}
+    with _prefetched_lock:
+        for brief_id, future in loads.items():
+            _prefetched[run_id, brief_id] = future
+        while len(_prefetched) > PREFETCHED_KEPT:
+            del _prefetched[next(iter(_prefetched))]
+    database_threads().submit(_load_ahead, loads, run_id)
+
+
+def _load_ahead(loads: dict[int, Future], run_id: int) -> None:
+    try:
+        contexts = load_contexts(list(loads), run_id)
+    except BaseException as exc:
+        for future in loads.values():
+            future.set_exception(exc)  # each item then loads its own
+        raise
+    for brief_id, future in loads.items():
+        future.set_result(contexts.get(brief_id))
+    start_shared_reads([c for c in contexts.values() if c.status == DailyBrief.Status.PENDING])
+
+
+def context_for(brief_id: int, run_id: int, deadline: float | None = None) -> Context | None:
+    """The brief's context for an item: the one `prefetch` loaded, else loaded now (on a
+    database thread). None if the brief is gone."""
+    with _prefetched_lock:
+        future = _prefetched.pop((run_id, brief_id), None)
+    if future is not None:
+        try:
+            return future.result(timeout=seconds_left(deadline))
+        except Exception as exc:
+            log.info("brief %s: its context was not loaded ahead (%r); loading it", brief_id, exc)
+    return database_threads().run(load_context, brief_id, run_id, deadline=deadline)
+
+
+def start_shared_reads(contexts: list[Context]) -> None:
+    """Start, on the database threads, the reads these briefs' sections share (once per
+    run and worker: the failed jobs, the inbox, every organization's figures for each day
+    and zone), unless they are done or under way."""
+    if not contexts:
+        return
+    threads = database_threads()
+    run_id = contexts[0].run_id
+    threads.submit(run_failed_jobs, run_id)
+    for ctx in contexts:
+        if ctx.shipments:
+            threads.submit(inbox_section, ctx)
+            break
+    days = {(ctx.brief_date, ctx.timezone): ctx for ctx in contexts}
+    for ctx in days.values():
+        threads.submit(organization_figures, ctx)
+
+
 def run_failed_jobs(run_id: int) -> list[dict]:
     """Jobs that failed or had failed items in the last 24 h, with their most frequent errors,
     read once per run: each brief shows those of its organizations and of the kinds its user
@@ -792,9 +868,7 @@ def no_figures() -> Figures:
 def organization_section(ctx: Context, organization_id: int, name: str) -> dict:
     """One organization: emails of the next 7 days by type, yesterday's sent and failed, and
     its failed jobs of the last 24 h (jobs launched for it by name)."""
-    day = f"{ctx.brief_date}:{ctx.timezone}"
-    figures = once_per_run(ctx.run_id, f"organizations:{day}", lambda: organization_emails(ctx))
-    by_type, sent, failed = figures.get(organization_id) or no_figures()
+    by_type, sent, failed = organization_figures(ctx).get(organization_id) or no_figures()
     return {
         "kind": "organization",
         "title": name,
@@ -805,6 +879,12 @@ def organization_section(ctx: Context, organization_id: int, name: str) -> dict:
         "failed_yesterday": failed,
         "failed_jobs": failed_jobs(ctx, lambda organization: organization == name),
     }
+
+
+def organization_figures(ctx: Context) -> dict[int, Figures]:
+    """Every organization's figures for the brief's day and zone, read once per run."""
+    day = f"{ctx.brief_date}:{ctx.timezone}"
+    return once_per_run(ctx.run_id, f"organizations:{day}", lambda: organization_emails(ctx))
 
 
 def organization_emails(ctx: Context) -> dict[int, Figures]:
@@ -1119,6 +1199,14 @@ def claim_email(brief_id: int) -> bool:
         .filter(Q(email_claimed_at__isnull=True) | Q(email_claimed_at__lt=abandoned))
         .update(email_claimed_at=now)
     )
+
+
+def warm_up() -> None:
+    """Compile the brief's email templates and build one email as a worker starts, so the
+    first briefs of its first job do not each do it (their threads all start at once)."""
+    for name in ("brief", "brief_reengagement", "brief_sections"):
+        get_template(f"scheduler_app/emails/{name}.txt")
+    mail.warm_up()
 
 
 def render_email(ctx: Context) -> tuple[str, str]:

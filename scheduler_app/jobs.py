@@ -631,12 +631,23 @@ class DailyBriefsKind(JobKind):
 
     def warm_up(self) -> None:
         llm.warm_up()
+        briefs.warm_up()
+
+    def claimed(self, job: Job, items: list[Item]) -> None:
+        """Load the briefs of the items this runner claimed, all in one query (briefs.prefetch)."""
+        brief_ids = [
+            item.data["brief"]
+            for item in items
+            if isinstance(item.data, dict) and isinstance(item.data.get("brief"), int)
+        ]
+        briefs.prefetch(brief_ids, job.pk)
 
     def run_item(self, job: Job, item: Item) -> Outcome:
         """Build one brief and email it, each at most once.
 
         1. Load the brief, its user and organizations (on a database thread, as every query
-           here: see briefs.DatabaseThreads).
+           here: see briefs.DatabaseThreads), or take them as loaded ahead with the other
+           items the runner claimed (`claimed`).
         2. If it is still pending: build its sections concurrently, write the summary (the
            model, or the template), and store both unless another run stored them first;
            the same conditional UPDATE claims the email when the user wants one.
@@ -648,7 +659,7 @@ class DailyBriefsKind(JobKind):
         brief_id = (item.data or {}).get("brief")
         if brief_id is None:
             raise PermanentError("the item names no brief")
-        ctx = db.run(briefs.load_context, brief_id, job.pk, deadline=item.deadline)
+        ctx = briefs.context_for(brief_id, job.pk, item.deadline)
         if ctx is None:
             return Outcome("skipped", "the brief no longer exists")
         who = f"brief of {ctx.username} for {ctx.brief_date}"

@@ -34,7 +34,7 @@ from scheduler_app.models import (
     Organization,
     ScheduledEmail,
 )
-from tests.helpers import wait_for_job
+from tests.helpers import wait_for_job, wait_until
 from tests.openai_server import OpenAIServer
 from tests.test_send import SMTPSink, sink_env, smtp_sink  # noqa: F401 (a fixture)
 
@@ -638,6 +638,68 @@ def test_sections_the_run_has_read_already_are_built_without_a_query(
     assert [s["title"] for s in again] == ["Acme", "Birch", "Inbox", "Other failed jobs"]
     assert first[0]["failed_jobs"][0]["failed"] == 3
     assert sent_to_threads == [] and len(queries) == 0
+
+
+def claim_briefs(*users: User) -> tuple[Job, list[DailyBrief]]:
+    """A run over briefs of `users`, announced to the kind as a runner claims them."""
+    made = [DailyBrief.objects.create(user=u, brief_date=date(2026, 6, 10)) for u in users]
+    keys = [(str(b.user_id), {"brief": b.pk}) for b in made]
+    run = engine.launch("daily_briefs", {}, keys=keys)
+    items = [Item(i.id, i.key, 1, i.data) for i in JobItem.objects.filter(job=run)]
+    get_kind("daily_briefs").claimed(run, items)
+    return run, made
+
+
+def test_claimed_briefs_are_loaded_in_one_query_with_what_their_sections_share(
+    transactional_db, redis_db, monkeypatch
+):
+    loads = []
+    real = briefs.context_rows
+    monkeypatch.setattr(briefs, "context_rows", lambda ids: loads.append(ids) or real(ids))
+    ann = make_world(NOW)
+    failed_job("send_due_emails", {"organization": "Acme"}, {"550 mailbox unavailable": 3})
+    run, (first, second) = claim_briefs(ann, owner("bob", ["Birch"], timezone=NY))
+
+    ctx = briefs.context_for(first.pk, run.pk)
+    assert (ctx.username, ctx.brief_id) == ("ann", first.pk)
+    assert briefs.context_for(second.pk, run.pk).username == "bob"
+    assert loads == [[first.pk, second.pk]]  # one query for both, none per item
+
+    def built_from_what_was_read() -> bool:
+        try:
+            return all(briefs.inline(fn, *args) for _, fn, args in briefs.section_builders(ctx))
+        except briefs.NeedsDatabase:
+            return False
+
+    # The run's shared reads started with the load: the sections need no query of their own.
+    wait_until(built_from_what_was_read, timeout=10)
+    brief, _ = build_claimed(run, first)
+    assert [s["title"] for s in brief.sections] == ["Acme", "Birch", "Other failed jobs"]
+    assert brief.sections[0]["emails_next_7_days_total"] == 2
+    assert len(loads) == 2  # the item loaded its brief again: it was taken once
+
+
+def build_claimed(run: Job, brief: DailyBrief) -> tuple[DailyBrief, object]:
+    item = JobItem.objects.get(job=run, key=str(brief.user_id))
+    outcome = get_kind("daily_briefs").run_item(run, Item(item.id, item.key, 1, item.data))
+    brief.refresh_from_db()
+    return brief, outcome
+
+
+def test_a_brief_whose_load_ahead_failed_loads_itself(transactional_db, redis_db, monkeypatch):
+    real, calls = briefs.context_rows, []
+
+    def fails_first(ids):
+        calls.append(ids)
+        if len(calls) == 1:
+            raise RuntimeError("the database went away")
+        return real(ids)
+
+    monkeypatch.setattr(briefs, "context_rows", fails_first)
+    run, (brief,) = claim_briefs(owner("ann", ["Acme"]))
+    brief, outcome = build_claimed(run, brief)
+    assert brief.status == DailyBrief.Status.SENT and outcome.status == "succeeded"
+    assert calls == [[brief.pk], [brief.pk]]
 
 
 def test_briefs_that_need_the_same_figures_at_once_read_them_once():
