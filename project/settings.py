@@ -216,6 +216,8 @@ BATCH_MAX_THREADS = env_int("BATCH_MAX_THREADS", 64)  # threads one worker gives
 BATCH_WARM_REDIS_CONNECTIONS = env_int("BATCH_WARM_REDIS_CONNECTIONS", 32)
 BATCH_LEASE_SECONDS = env_float("BATCH_LEASE_SECONDS", 30)  # a dead worker's items return after
 BATCH_ALIVE_SECONDS = env_float("BATCH_ALIVE_SECONDS", 5)  # a dead worker's slots return after
+# How long a job's first runner keeps the shares of the runners expected to join it.
+BATCH_JOIN_SECONDS = env_float("BATCH_JOIN_SECONDS", 0.25)
 BATCH_SWEEP_SECONDS = env_float("BATCH_SWEEP_SECONDS", 5)  # how often recovery runs
 BATCH_MAX_ATTEMPTS = env_int("BATCH_MAX_ATTEMPTS", 4)  # tries of a transient failure, claims
 BATCH_RETRY_BASE_SECONDS = env_float("BATCH_RETRY_BASE_SECONDS", 0.5)

@@ -270,6 +270,38 @@ def test_a_worker_opens_its_item_threads_redis_connections_ahead(redis_db):
         get_redis.cache_clear()
 
 
+def test_a_new_runner_takes_its_share_of_the_slots_in_its_first_balance(transactional_db, redis_db):
+    job = engine.launch("sleep", {"items": 1}, keys=["a"], concurrency=10)
+    runner = Runner(job, get_kind("sleep"))
+    try:
+        runner.pool.balance(demand=4, refresh=False)
+        assert runner.pool.held == 4
+    finally:
+        runner.pool.slots.close()
+
+
+def test_a_new_jobs_first_runner_keeps_the_share_of_the_runners_about_to_join(
+    transactional_db, redis_db, settings
+):
+    job = engine.launch("sleep", {"items": 1}, keys=["a"], concurrency=10)
+    first, second = Runner(job, get_kind("sleep")), Runner(job, get_kind("sleep"))
+    try:
+        for runner in (first, second):
+            runner.pool.expect(2, seconds=30)
+        assert first.pool.target == 5  # before its first balance: it starts no more threads
+        first.pool.balance(demand=10, refresh=True)
+        assert first.pool.held == 5  # not all 10, though the other has not joined yet
+        second.pool.balance(demand=10, refresh=True)
+        assert second.pool.held == 5
+        # Once the other leaves and the wait is over, the first takes the rest.
+        second.pool.slots.close()
+        first.pool.join_until = 0
+        first.pool.balance(demand=10, refresh=True)
+        assert first.pool.held == 10
+    finally:
+        first.pool.slots.close()
+
+
 def test_an_empty_job_finishes_at_once(transactional_db, redis_db):
     job = engine.launch("sleep", {"items": 1}, keys=[])
     job.refresh_from_db()

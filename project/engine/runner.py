@@ -71,6 +71,7 @@ class Runner:
             self.stopping,
             lambda: store.held_elsewhere(job.pk, self.owner),
         )
+        self.pool.expect(expected_runners(job), settings.BATCH_JOIN_SECONDS)
         self.executor = Executor(job, kind, self.pool, self.stopping, self.shutdown)
         self.outstanding: dict[int, store.Claimed] = {}  # claimed, not yet recorded
         # list() of a dict of ints copies it in one step under the GIL, so the heartbeat
@@ -435,6 +436,19 @@ class Runner:
             return
         if signal.getsignal(signal.SIGTERM) is getattr(self, "sigterm_handler", None):
             signal.signal(signal.SIGTERM, previous)
+
+
+def expected_runners(job: Job) -> int:
+    """How many runners a job has as it starts: one per chunk, at most one per worker."""
+    from rq import Worker
+
+    from project.engine.planning import get_queue
+
+    try:
+        workers = Worker.count(queue=get_queue())
+    except redis.RedisError:
+        return 1
+    return max(1, min(job.chunks, workers))
 
 
 def run_chunk(job_id: int, *, stay_while_planning: bool = False) -> Runner | None:

@@ -313,6 +313,20 @@ class SlotPool:
         self.target = limit
         self.others: list[int] = []
         self.next_reclaim = 0.0
+        self.joining = 0  # runners expected to join soon (see `expect`), until join_until
+        self.join_until = 0.0
+
+    def expect(self, runners: int, seconds: float) -> None:
+        """Share the slots with `runners` - 1 more runners for up to `seconds`, as if they had
+        joined already, until they do (a new job's runners start a few milliseconds apart).
+
+        Otherwise the first runner would take every slot, start every item of the first
+        wave in its own process and so on one core, and give slots to the others only as
+        those items end.
+        """
+        self.joining = max(0, runners - 1)
+        self.join_until = time.monotonic() + seconds
+        self.target = fair_share(self.limit, self.limit, [self.limit] * self.joining)
 
     def acquire(self, unit) -> bool:
         """Wait for a slot for `unit`; False if the runner stops meanwhile."""
@@ -360,9 +374,18 @@ class SlotPool:
         that died, at most once a second.
         """
         try:
-            if refresh or not self.slots.epoch:
+            if not self.slots.epoch:
+                # A new runner takes up the job's layout, then says its demand and takes its
+                # share in this same balance (its first items wait for nothing else).
+                self.lost_layout()
+                refresh = True
+            if refresh:
                 self.refresh(demand)
-            target = fair_share(self.limit, demand, self.others)
+            others = self.others
+            missing = self.joining - len(others)
+            if missing > 0 and time.monotonic() < self.join_until:
+                others = [*others, *[self.limit] * missing]
+            target = fair_share(self.limit, demand, others)
             with self.lock:
                 self.target = target
             if self.held < target:
