@@ -1209,16 +1209,18 @@ def warm_up() -> None:
     mail.warm_up()
 
 
-def render_email(ctx: Context) -> tuple[str, str]:
-    """(subject, body) from scheduler_app/emails/brief[_reengagement].txt ("Subject: ..." first)."""
+def render_email(ctx: Context, built: dict | None = None) -> tuple[str, str]:
+    """(subject, body) from scheduler_app/emails/brief[_reengagement].txt ("Subject: ..." first),
+    of the brief as `built` (its sections and summary), by default as stored."""
     name = "brief_reengagement" if ctx.is_reengagement else "brief"
+    built = built or ctx.built
     text = render_to_string(
         f"scheduler_app/emails/{name}.txt",
         {
             "ctx": ctx,
             "name": ctx.name,
-            "sections": ctx.built["sections"],
-            "summary": ctx.built["summary"],
+            "sections": built["sections"],
+            "summary": built["summary"],
             "organizations": ", ".join(" ".join(n.split()) for _, n in ctx.organizations),
             "frequency": "weekly" if ctx.frequency == BriefPreference.Frequency.WEEKLY else "daily",
         },

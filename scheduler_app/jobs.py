@@ -664,13 +664,20 @@ class DailyBriefsKind(JobKind):
             return Outcome("skipped", "the brief no longer exists")
         who = f"brief of {ctx.username} for {ctx.brief_date}"
         tallies: dict[str, int] = {}
-        claimed = False
+        claimed, written = False, None
         if ctx.status == DailyBrief.Status.PENDING:
             sections = briefs.build_sections(ctx, item.deadline)
             summary = briefs.write_summary(ctx, sections, item.deadline)
-            # The email is claimed by the same UPDATE that stores the brief.
+            # The email is claimed by the same UPDATE that stores the brief. While a database
+            # thread runs it, this thread takes the email's turn in the `smtp` limiter and
+            # writes the email (both are dropped if another run stored the brief first).
             claim = ctx.email_enabled and bool(ctx.email)
-            if db.run(briefs.save_built, ctx, sections, summary, job.pk, claim):
+            saving = db.submit(briefs.save_built, ctx, sections, summary, job.pk, claim)
+            if claim:
+                get_limiter("smtp").acquire()
+                built = {"sections": sections, "summary": summary.text}
+                written = briefs.render_email(ctx, built)
+            if saving.result(timeout=briefs.seconds_left(item.deadline)):
                 claimed = claim
                 failed = sum(1 for s in sections if s.get("error"))
                 tallies = {
@@ -691,20 +698,27 @@ class DailyBriefsKind(JobKind):
             if tallies:
                 return Outcome("succeeded", who, tallies)
             return Outcome("skipped", f"{who}: {ctx.status} already")
-        return self.email(ctx, item, who, tallies, claimed)
+        if claimed:
+            return self.email(ctx, item, who, tallies, written)
+        return self.email(ctx, item, who, tallies)
 
-    def email(self, ctx, item: Item, who: str, tallies: dict, claimed: bool) -> Outcome:
+    def email(
+        self, ctx, item: Item, who: str, tallies: dict, written: tuple[str, str] | None = None
+    ) -> Outcome:
+        """Send the built brief: `written` (its subject and body) when run_item claimed the
+        email and took the limiter's turn already, else after both."""
         db = briefs.database_threads()
         if not ctx.email:
             db.run(briefs.update_brief, ctx.brief_id, {"error": "the user has no email address"})
             return Outcome("succeeded", f"{who}; not emailed: no address", tallies)
-        get_limiter("smtp").acquire()
-        if not (claimed or db.run(briefs.claim_email, ctx.brief_id, deadline=item.deadline)):
-            return Outcome(
-                "succeeded" if tallies else "skipped", f"{who}; email claimed already", tallies
-            )
+        if written is None:
+            get_limiter("smtp").acquire()
+            if not db.run(briefs.claim_email, ctx.brief_id, deadline=item.deadline):
+                return Outcome(
+                    "succeeded" if tallies else "skipped", f"{who}; email claimed already", tallies
+                )
         try:
-            subject, body = briefs.render_email(ctx)
+            subject, body = written or briefs.render_email(ctx)
             # Reference: https://docs.djangoproject.com/en/6.1/topics/email/#emailmessage-objects
             if not EmailMessage(subject, body, to=[ctx.email]).send():
                 raise PermanentError(f"the mailer accepted no message for {ctx.email!r}")
