@@ -744,8 +744,8 @@ PREFETCHED_KEPT = 10_000  # loads kept for items that never ran here (given back
 
 
 def prefetch(brief_ids: list[int], run_id: int) -> None:
-    """Start loading these briefs' contexts in one query on a database thread, then the
-    reads their sections share (start_shared_reads); `context_for` picks each up.
+    """Start loading these briefs' contexts in one query on a database thread, and the reads
+    their sections share on others (start_shared_reads); `context_for` picks each up.
 
     A runner calls this with the items it has just claimed (DailyBriefsKind.claimed), so
     an item finds its context loaded, instead of a query and two thread switches each; and
@@ -759,7 +759,12 @@ def prefetch(brief_ids: list[int], run_id: int) -> None:
             _prefetched[run_id, brief_id] = future
         while len(_prefetched) > PREFETCHED_KEPT:
             del _prefetched[next(iter(_prefetched))]
-    database_threads().submit(_load_ahead, loads, run_id)
+    threads = database_threads()
+    threads.submit(_load_ahead, loads, run_id)
+    # What every brief of the run shows alike needs no context: read it meanwhile.
+    threads.submit(run_failed_jobs, run_id)
+    if shipment_model() is not None:
+        threads.submit(run_inbox, run_id)
 
 
 def _load_ahead(loads: dict[int, Future], run_id: int) -> None:
@@ -788,18 +793,9 @@ def context_for(brief_id: int, run_id: int, deadline: float | None = None) -> Co
 
 
 def start_shared_reads(contexts: list[Context]) -> None:
-    """Start, on the database threads, the reads these briefs' sections share (once per
-    run and worker: the failed jobs, the inbox, every organization's figures for each day
-    and zone), unless they are done or under way."""
-    if not contexts:
-        return
+    """Start, on the database threads, the reads of every organization's figures for the
+    days and zones of these briefs (once per run and worker), unless done or under way."""
     threads = database_threads()
-    run_id = contexts[0].run_id
-    threads.submit(run_failed_jobs, run_id)
-    for ctx in contexts:
-        if ctx.shipments:
-            threads.submit(inbox_section, ctx)
-            break
     days = {(ctx.brief_date, ctx.timezone): ctx for ctx in contexts}
     for ctx in days.values():
         threads.submit(organization_figures, ctx)
@@ -929,7 +925,11 @@ def inbox_section(ctx: Context) -> dict:
     Shipments are not tied to organizations: every brief of a user who may see them (the
     Shipments page's scanner.view_shipment) shows the inbox's, read once per run.
     """
-    return once_per_run(ctx.run_id, "inbox", read_inbox)
+    return run_inbox(ctx.run_id)
+
+
+def run_inbox(run_id: int) -> dict:
+    return once_per_run(run_id, "inbox", read_inbox)
 
 
 def read_inbox() -> dict:
