@@ -664,7 +664,7 @@ class DailyBriefsKind(JobKind):
             return Outcome("skipped", "the brief no longer exists")
         who = f"brief of {ctx.username} for {ctx.brief_date}"
         tallies: dict[str, int] = {}
-        claimed, written = False, None
+        written = None  # the email's subject and body, once the UPDATE storing it claimed it
         if ctx.status == DailyBrief.Status.PENDING:
             sections = briefs.build_sections(ctx, item.deadline)
             summary = briefs.write_summary(ctx, sections, item.deadline)
@@ -673,12 +673,12 @@ class DailyBriefsKind(JobKind):
             # writes the email (both are dropped if another run stored the brief first).
             claim = ctx.email_enabled and bool(ctx.email)
             saving = db.submit(briefs.save_built, ctx, sections, summary, job.pk, claim)
+            email = None
             if claim:
                 get_limiter("smtp").acquire()
-                built = {"sections": sections, "summary": summary.text}
-                written = briefs.render_email(ctx, built)
+                email = briefs.render_email(ctx, {"sections": sections, "summary": summary.text})
             if saving.result(timeout=briefs.seconds_left(item.deadline)):
-                claimed = claim
+                written = email
                 failed = sum(1 for s in sections if s.get("error"))
                 tallies = {
                     "briefs": 1,
@@ -698,9 +698,7 @@ class DailyBriefsKind(JobKind):
             if tallies:
                 return Outcome("succeeded", who, tallies)
             return Outcome("skipped", f"{who}: {ctx.status} already")
-        if claimed:
-            return self.email(ctx, item, who, tallies, written)
-        return self.email(ctx, item, who, tallies)
+        return self.email(ctx, item, who, tallies, written)
 
     def email(
         self, ctx, item: Item, who: str, tallies: dict, written: tuple[str, str] | None = None

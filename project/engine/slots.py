@@ -326,7 +326,15 @@ class SlotPool:
         """
         self.joining = max(0, runners - 1)
         self.join_until = time.monotonic() + seconds
-        self.target = fair_share(self.limit, self.limit, [self.limit] * self.joining)
+        self.target = fair_share(self.limit, self.limit, self.other_demands())
+
+    def other_demands(self) -> list[int]:
+        """The other runners' demands, as each last said, and while the join window lasts a
+        full demand for each runner expected that has not said one yet."""
+        missing = self.joining - len(self.others)
+        if missing > 0 and time.monotonic() < self.join_until:
+            return [*self.others, *[self.limit] * missing]
+        return self.others
 
     def acquire(self, unit) -> bool:
         """Wait for a slot for `unit`; False if the runner stops meanwhile."""
@@ -381,11 +389,7 @@ class SlotPool:
                 refresh = True
             if refresh:
                 self.refresh(demand)
-            others = self.others
-            missing = self.joining - len(others)
-            if missing > 0 and time.monotonic() < self.join_until:
-                others = [*others, *[self.limit] * missing]
-            target = fair_share(self.limit, demand, others)
+            target = fair_share(self.limit, demand, self.other_demands())
             with self.lock:
                 self.target = target
             if self.held < target:
