@@ -135,11 +135,13 @@ class Page:
 
 @dataclass
 class Outcome:
-    """What one item produced: `succeeded` or `skipped`, a short summary, optional tallies."""
+    """What one item produced: `succeeded` or `skipped`, a short summary, optional tallies,
+    and optionally what the kind stores with the item's result (`record`, see JobKind.record)."""
 
     status: str = "succeeded"
     summary: str = ""
     tallies: dict[str, int] = field(default_factory=dict)
+    record: Any = None
 
 
 class JobKind:
@@ -197,6 +199,17 @@ class JobKind:
         runner waits for this call), so each item finds it ready. Items may still never run
         here (the runner stops and gives them back), and a retried item runs again without
         a new call. Errors are logged and ignored.
+        """
+
+    def record(self, job: Job, records: list[Any]) -> None:
+        """Store what items' outcomes carry in `record`, in the transaction that records their
+        results: both are stored, or neither.
+
+        A write that says how an item ended (a brief's email marked sent, say) then needs
+        neither its own round trip nor the item's slot: a runner records the results of
+        many items at once, a fraction of a second after they end. Called with the records
+        of every result written at once. If it raises, the error is logged and the results
+        are recorded without the records.
         """
 
     def setup_thread(self, job: Job) -> Any:

@@ -1186,6 +1186,21 @@ def save_built(
     return True
 
 
+def mark_sent(sent: list[tuple[int, datetime]]) -> None:
+    """Mark these briefs sent, each at its time (brief id, sent at), in one UPDATE."""
+    if connection.vendor != "postgresql":  # SQLite (local runs) has no unnest()
+        for brief_id, sent_at in sent:
+            update_brief(brief_id, {"status": DailyBrief.Status.SENT, "sent_at": sent_at})
+        return
+    ids, times = zip(*sent, strict=True)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {DailyBrief._meta.db_table} AS b SET status = %s, sent_at = s.sent_at"
+            " FROM unnest(%s::bigint[], %s::timestamptz[]) AS s(id, sent_at) WHERE b.id = s.id",
+            [DailyBrief.Status.SENT, list(ids), list(times)],
+        )
+
+
 def claim_email(brief_id: int) -> bool:
     """Claim a built brief's email with a conditional UPDATE (as send_due_emails does).
 

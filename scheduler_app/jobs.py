@@ -20,7 +20,7 @@ from __future__ import annotations
 import smtplib
 import time
 from collections.abc import Iterable, Iterator
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from functools import lru_cache
 
 import redis
@@ -642,6 +642,10 @@ class DailyBriefsKind(JobKind):
         ]
         briefs.prefetch(brief_ids, job.pk)
 
+    def record(self, job: Job, records: list[tuple[int, datetime]]) -> None:
+        """Mark the emailed briefs sent, with their items' results (see `email`)."""
+        briefs.mark_sent(records)
+
     def run_item(self, job: Job, item: Item) -> Outcome:
         """Build one brief and email it, each at most once.
 
@@ -652,8 +656,9 @@ class DailyBriefsKind(JobKind):
            model, or the template), and store both unless another run stored them first;
            the same conditional UPDATE claims the email when the user wants one.
         3. Otherwise, if the user wants email, claim it with a conditional UPDATE. Send it
-           through the `smtp` limiter and record how it went. A transient failure gives the
-           claim back for the engine's retry, which finds the brief built and only sends.
+           through the `smtp` limiter and record how it went: a sent email with the item's
+           result (`record`), a failure at once. A transient failure gives the claim back
+           for the engine's retry, which finds the brief built and only sends.
         """
         db = briefs.database_threads()
         brief_id = (item.data or {}).get("brief")
@@ -732,6 +737,11 @@ class DailyBriefsKind(JobKind):
             failed = {"status": DailyBrief.Status.EMAIL_FAILED, "error": f"email: {error}"[:2000]}
             db.run(briefs.update_brief, ctx.brief_id, failed)
             raise PermanentError(error) from exc
-        sent = {"status": DailyBrief.Status.SENT, "sent_at": timezone.now()}
-        db.run(briefs.update_brief, ctx.brief_id, sent)
-        return Outcome("succeeded", f"{who}; emailed to {ctx.email}", tallies | {"emailed": 1})
+        # The brief is marked sent with the item's result (`record`): in one statement for
+        # the runner's results, and the slot is free for the next brief meanwhile.
+        return Outcome(
+            "succeeded",
+            f"{who}; emailed to {ctx.email}",
+            tallies | {"emailed": 1},
+            record=(ctx.brief_id, timezone.now()),
+        )

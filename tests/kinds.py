@@ -168,6 +168,34 @@ class AnnouncedKind(JobKind):
 
 
 @register
+class RecordedKind(JobKind):
+    """Each item's outcome carries its key as its record; `record` notes in Redis the keys
+    it stored and, of those, the items it found recorded already (in its transaction), and
+    counts its calls. With `bad=record`, `record` then raises."""
+
+    name = "test_recorded"
+    label = "Test: recorded"
+    form_class = FaultForm
+    item_keys = staticmethod(numbered)
+
+    def run_item(self, job: Job, item) -> Outcome:
+        nap(job)
+        return Outcome(summary="recorded", record=item.key)
+
+    def record(self, job: Job, records: list) -> None:
+        from project.connections import get_redis
+        from project.models import JobItem
+
+        done = JobItem.objects.filter(job=job, key__in=records, status="succeeded")
+        redis = get_redis()
+        redis.sadd(f"test:recorded:{job.pk}", *records)
+        redis.sadd(f"test:recorded-done:{job.pk}", *done.values_list("key", flat=True))
+        redis.incr(f"test:record-calls:{job.pk}")
+        if "record" in bad_keys(job):
+            raise RuntimeError("record failed on purpose")
+
+
+@register
 class WarmKind(JobKind):
     """Says in Redis which worker processes warmed it up; with WARM_UP_FAILS set, its
     warm_up raises (the worker must start all the same). An item says how many objects

@@ -23,7 +23,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from project import engine
-from project.kinds import Item, TransientError, get_kind
+from project.kinds import Item, Outcome, TransientError, get_kind
 from project.models import Job, JobItem
 from scheduler_app import briefs
 from scheduler_app.briefs import backoff, next_run_at
@@ -463,11 +463,20 @@ def failed_job(kind: str, params: dict, errors: dict[str, int]) -> Job:
     return job
 
 
+def run_item(job: Job, item: JobItem, attempt: int = 1) -> Outcome:
+    """Run a brief's item as a runner does: run_item, then its outcome's record stored."""
+    kind = get_kind("daily_briefs")
+    outcome = kind.run_item(job, Item(item.id, item.key, attempt, item.data))
+    if outcome.record is not None:
+        kind.record(job, [outcome.record])
+    return outcome
+
+
 def build(user: User, brief_date=date(2026, 6, 10), **fields) -> tuple[DailyBrief, object]:
     brief = DailyBrief.objects.create(user=user, brief_date=brief_date, **fields)
     job = engine.launch("daily_briefs", {}, keys=[(str(user.pk), {"brief": brief.pk})])
     item = JobItem.objects.get(job=job)
-    outcome = get_kind("daily_briefs").run_item(job, Item(item.id, item.key, 1, item.data))
+    outcome = run_item(job, item)
     brief.refresh_from_db()
     return brief, outcome
 
@@ -681,7 +690,7 @@ def test_claimed_briefs_are_loaded_in_one_query_with_what_their_sections_share(
 
 def build_claimed(run: Job, brief: DailyBrief) -> tuple[DailyBrief, object]:
     item = JobItem.objects.get(job=run, key=str(brief.user_id))
-    outcome = get_kind("daily_briefs").run_item(run, Item(item.id, item.key, 1, item.data))
+    outcome = run_item(run, item)
     brief.refresh_from_db()
     return brief, outcome
 
@@ -743,7 +752,7 @@ def test_an_item_that_runs_again_builds_and_emails_nothing_twice(transactional_d
     brief, first = build(user)
     job = engine.launch("daily_briefs", {}, keys=[(str(user.pk), {"brief": brief.pk})])
     item = JobItem.objects.get(job=job)
-    again = get_kind("daily_briefs").run_item(job, Item(item.id, item.key, 2, item.data))
+    again = run_item(job, item, attempt=2)
 
     assert (first.status, again.status) == ("succeeded", "skipped")
     assert [m.to for m in mail.outbox] == [["ann@example.com"]]
@@ -772,7 +781,7 @@ def test_a_refused_email_is_given_back_and_sent_by_the_retry_once(
         kind.run_item(job, Item(item.id, item.key, 1, item.data))
     brief.refresh_from_db()
     assert (brief.status, brief.email_claimed_at) == ("ready", None) and "451" in brief.error
-    outcome = kind.run_item(job, Item(item.id, item.key, 2, item.data))
+    outcome = run_item(job, item, attempt=2)
 
     brief.refresh_from_db()
     assert brief.status == "sent" and smtp_sink.recipients() == Counter({"busy@example.com": 1})

@@ -258,6 +258,20 @@ def test_a_kind_hears_of_the_items_a_runner_claimed_before_they_run(workers, red
     assert redis_db.scard(f"test:announced:{job.pk}") == 120
 
 
+@pytest.mark.parametrize("bad", ["", "record"])
+def test_a_kind_stores_its_items_records_with_their_results(workers, redis_db, bad):
+    workers(2)
+    job = engine.launch("test_recorded", {"items": 120, "latency_ms": 5, "bad": bad}, concurrency=8)
+    job = wait_for_job(job)
+    # Every item's record, stored in the transaction that recorded its result (where the
+    # item is succeeded already), a runner's results at a time; a failing `record` loses
+    # no result.
+    assert job.status == Job.Status.SUCCEEDED and job.succeeded == 120
+    assert redis_db.scard(f"test:recorded:{job.pk}") == 120
+    assert redis_db.scard(f"test:recorded-done:{job.pk}") == 120
+    assert int(redis_db.get(f"test:record-calls:{job.pk}")) < 60
+
+
 def test_a_worker_opens_its_item_threads_redis_connections_ahead(redis_db):
     get_redis.cache_clear()  # a new client, as in a worker that just started
     before = len(redis_db.client_list())

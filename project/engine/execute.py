@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import count
+from typing import Any
 
 import redis
 from django.conf import settings
@@ -45,6 +46,7 @@ class Result:
     error_type: str = ""
     error_message: str = ""
     tallies: dict = field(default_factory=dict)
+    record: Any = None  # the outcome's, for JobKind.record
 
 
 _unit_ids = count(1)
@@ -110,6 +112,7 @@ def success(item_id, outcome, attempt, started_at, duration_ms, finished_at) -> 
         duration_ms,
         printable(outcome.summary),
         tallies=dict(outcome.tallies),
+        record=outcome.record,
     )
 
 

@@ -333,6 +333,9 @@ class Runner:
         with transaction.atomic():
             written = store.write(settled, self.owner)
             store.release(unstarted, self.owner)
+            # Every record, also of results another runner's lease made stale: what they
+            # say happened (an email sent) happened all the same.
+            self.store_records([r.record for r in settled if r.record is not None])
             kept = [r for r in settled if r.item_id in written]
             job = Job.objects.select_for_update(no_key=True).get(pk=self.job.pk)
             count(job, kept)
@@ -350,6 +353,16 @@ class Runner:
         record_latency(job.pk, [r.duration_ms for r in kept if r.duration_ms is not None])
         if job.planning_done and job.settled >= job.total:
             finalize(job.pk)
+
+    def store_records(self, records: list) -> None:
+        """The kind's `record`, in a savepoint: if it fails, the results are kept."""
+        if not records:
+            return
+        try:
+            with transaction.atomic():
+                self.kind.record(self.job, records)
+        except Exception:
+            log.exception("job %s: could not store %d items' records", self.job.pk, len(records))
 
     # -- The worker threads -------------------------------------------------------------
 
