@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import email.policy
 import random
+from datetime import UTC, datetime
 from email.headerregistry import HeaderRegistry
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.core import mail
@@ -98,6 +100,23 @@ def test_a_plain_value_is_written_as_the_standard_registry_writes_it(header):
     for policy in POLICIES:
         assert ours.fold(policy=policy) == standard.fold(policy=policy)
     assert str(ours) == str(standard)
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(
+    st.datetimes(
+        min_value=datetime(1970, 1, 1),
+        max_value=datetime(2100, 1, 1),
+        timezones=st.sampled_from([UTC, ZoneInfo("America/New_York"), ZoneInfo("Asia/Kolkata")]),
+    )
+)
+def test_a_date_is_written_and_read_as_the_standard_registry_does(when):
+    standard = HeaderRegistry()("Date", when)
+    ours = PlainHeaderRegistry()("Date", when)
+    assert isinstance(ours, PlainHeader)
+    for policy in POLICIES:
+        assert ours.fold(policy=policy) == standard.fold(policy=policy)
+    assert ours.datetime == standard.datetime == when
 
 
 def test_only_plain_values_are_kept_as_they_are():
