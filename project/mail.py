@@ -60,12 +60,13 @@ class PlainHeader(str):
         self = super().__new__(cls, value)
         self.name = name
         self.parsed_class = parsed_class
-        self.source = str(value) if source is None else source  # what was set (a datetime)
+        self.source = source  # what was set, when not this text (a datetime)
         return self
 
     def parsed(self) -> BaseHeader:
         if "_parsed" not in self.__dict__:
-            self.__dict__["_parsed"] = self.parsed_class(self.name, self.source)
+            source = str(self) if self.source is None else self.source
+            self.__dict__["_parsed"] = self.parsed_class(self.name, source)
         return self.__dict__["_parsed"]
 
     def __getattr__(self, attribute: str):
@@ -102,12 +103,16 @@ class PlainHeaderRegistry(HeaderRegistry):
         if type(value) is datetime and value.tzinfo and issubclass(header_class, DateHeader):
             return PlainHeader(name, format_datetime(value), header_class, value)  # Django's
         if type(value) is str:
-            for base, plain in PLAIN.items():
-                if issubclass(header_class, base):
-                    if plain.fullmatch(value):
-                        return PlainHeader(name, value, header_class)
-                    break
+            plain = plain_pattern(header_class)
+            if plain is not None and plain.fullmatch(value):
+                return PlainHeader(name, value, header_class)
         return header_class(name, value)
+
+
+@functools.cache
+def plain_pattern(header_class: type) -> re.Pattern | None:
+    """The PLAIN pattern of a header class (a registry makes one per header name), if any."""
+    return next((plain for base, plain in PLAIN.items() if issubclass(header_class, base)), None)
 
 
 @functools.cache
