@@ -60,8 +60,53 @@ def enabled() -> bool:
     return bool(settings.OPENAI_API_KEY)
 
 
+class ThreadConnections(httpx2.BaseTransport):
+    """HTTP connections kept per thread: each thread has its own small connection pool.
+
+    httpx's pool is shared behind one lock, and each request it places scans every pooled
+    connection (with a poll() of each idle one). When a worker's 25 item threads call the
+    model at the same moment, as a job's first waves do, a request waited 20-40 ms there
+    for its connection. A thread's own pool holds the keep-alive connection it reuses for
+    its next call. The pools of threads that ended are closed as the next thread opens its
+    own, and all of them by close().
+    """
+
+    def __init__(self):
+        # One TLS context for all of them: building one loads the CA certificates (45 ms).
+        self.ssl_context = httpx2.create_ssl_context()
+        self.local = threading.local()
+        self.pools: dict[threading.Thread, httpx2.HTTPTransport] = {}
+        self.lock = threading.Lock()
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        pool = getattr(self.local, "pool", None)
+        if pool is None:
+            pool = self.local.pool = self.open()
+        return pool.handle_request(request)
+
+    def open(self) -> httpx2.HTTPTransport:
+        pool = httpx2.HTTPTransport(verify=self.ssl_context, limits=POOL_LIMITS)
+        with self.lock:
+            ended = [thread for thread in self.pools if not thread.is_alive()]
+            closing = [self.pools.pop(thread) for thread in ended]
+            self.pools[threading.current_thread()] = pool
+        for old in closing:
+            old.close()
+        return pool
+
+    def close(self) -> None:
+        with self.lock:
+            closing, self.pools = list(self.pools.values()), {}
+        for pool in closing:
+            pool.close()
+
+
+# A thread makes one call at a time; a second connection covers a reply still being read.
+POOL_LIMITS = httpx2.Limits(max_connections=4, max_keepalive_connections=2)
+
+
 def client() -> openai.OpenAI:
-    """The process's client, built on first use (it pools HTTP connections across threads)."""
+    """The process's client, built on first use (HTTP connections are kept per thread)."""
     config = (settings.OPENAI_API_KEY, settings.OPENAI_BASE_URL, settings.OPENAI_TIMEOUT)
     with _clients_lock:
         if config not in _clients:
@@ -70,6 +115,7 @@ def client() -> openai.OpenAI:
                 base_url=config[1],
                 timeout=config[2],
                 max_retries=0,
+                http_client=openai.DefaultHttpxClient(transport=ThreadConnections()),
             )
         return _clients[config]
 

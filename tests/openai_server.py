@@ -38,6 +38,7 @@ class Request:
     body: dict
     status: int = 0
     fault: str = ""
+    port: int = 0  # the client's port: requests on one keep-alive connection share it
 
 
 def default_answer(body: dict) -> str:
@@ -70,6 +71,7 @@ class FakeService:
         self.retry_after = retry_after
         self.hang = hang
         self.requests: list[Request] = []
+        self.open_connections = 0
         self._script: deque[str] = deque()
         self._random = random.Random(seed)
         self._lock = threading.Lock()
@@ -110,9 +112,9 @@ class FakeService:
             best = max(best, end - start + 1)
         return best
 
-    def arrive(self, body: dict) -> Request:
+    def arrive(self, body: dict, port: int = 0) -> Request:
         """Record a request and choose its fault; sleep the latency (and a hang)."""
-        request = Request(at=time.monotonic(), body=body)
+        request = Request(at=time.monotonic(), body=body, port=port)
         with self._lock:
             self.requests.append(request)
             if self._script:
@@ -149,6 +151,16 @@ class JSONHandler(BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.service._lock:
+            self.service.open_connections += 1
+
+    def finish(self) -> None:
+        with self.service._lock:
+            self.service.open_connections -= 1
+        super().finish()
 
     def send_fault(self, request: Request, error: dict) -> bool:
         """Answer the request's fault, if it has one that ends it here; True if it did."""
@@ -192,7 +204,7 @@ def _handler() -> type[JSONHandler]:
                 self.send_json(401, {"error": {"message": "no API key"}})
                 return
             body = json.loads(raw)
-            request = self.service.arrive(body)
+            request = self.service.arrive(body, port=self.client_address[1])
             if self.send_fault(request, {"error": {"message": "Rate limit reached"}}):
                 return
             if request.fault == "no_choices":

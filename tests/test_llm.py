@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import openai
 import pytest
@@ -127,3 +129,28 @@ def test_the_limiter_is_charged_what_the_service_counted(server, settings):
     # so the next small call waits a fraction of a second, not ~30 s for the estimate.
     assert reply.total_tokens < 100
     assert limiter.try_acquire(100) < 1
+
+
+def test_each_thread_keeps_its_own_connection_to_the_service(server):
+    def calls(times: int) -> None:
+        for _ in range(times):
+            ask()
+
+    # Two threads at once: each sends its calls over one keep-alive connection of its own.
+    threads = [threading.Thread(target=calls, args=(3,)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ports = [request.port for request in server.requests]
+    assert len(ports) == 6 and len(set(ports)) == 2
+    assert sorted(ports.count(port) for port in set(ports)) == [3, 3]
+    # Their connections are closed when the next thread opens its own.
+    later = threading.Thread(target=calls, args=(1,))
+    later.start()
+    later.join()
+    deadline = time.monotonic() + 5
+    while server.open_connections > 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.open_connections == 1
+    assert server.requests[-1].port not in ports
