@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 
 import redis
 from django.conf import settings
@@ -18,6 +19,25 @@ def get_redis() -> redis.Redis:
         health_check_interval=30,
         max_connections=None,
     )
+
+
+_local = threading.local()
+
+
+def thread_redis() -> redis.Redis:
+    """This thread's own connection from the shared pool, for the calls an item makes several
+    times (the rate limiters' scripts).
+
+    Taking a connection from the pool for each call means the pool's lock and a poll() of
+    the connection, and every blocking call lets the worker's other threads in between: a
+    job's threads then all progress together and all finish late. The connection goes back
+    to the pool when the thread ends.
+    """
+    client = getattr(_local, "client", None)
+    if client is None:
+        pool = get_redis().connection_pool
+        client = _local.client = redis.Redis(connection_pool=pool, single_connection_client=True)
+    return client
 
 
 @functools.cache

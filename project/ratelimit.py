@@ -15,7 +15,7 @@ import time
 
 from django.conf import settings
 
-from project.connections import get_script
+from project.connections import get_script, thread_redis
 
 # KEYS: request TAT, cost TAT, paused-until.  ARGV: rpm, tpm, cost, and the bursts (in
 # seconds of the rate) of requests and of cost.
@@ -101,7 +101,7 @@ class RateLimiter:
         """Take one request of `cost` if allowed now; return 0, or the seconds to wait."""
         script = get_script(GCRA)
         args = [self.rpm, self.tpm, cost, self.burst_seconds, self.cost_burst_seconds]
-        return float(script(keys=self.keys, args=args))
+        return float(script(keys=self.keys, args=args, client=thread_redis()))
 
     def acquire(self, cost: float = 1, timeout: float | None = None) -> None:
         """Block until the request may go; raise TimeoutError after `timeout` seconds.
@@ -136,7 +136,7 @@ class RateLimiter:
     def settle(self, estimated: float, actual: float) -> None:
         """Replace a call's estimated cost with what it really used (tokens from `usage`)."""
         script = get_script(SETTLE)
-        script(keys=self.keys[1:2], args=[self.tpm, actual - estimated])
+        script(keys=self.keys[1:2], args=[self.tpm, actual - estimated], client=thread_redis())
 
     def pause(self, seconds: float) -> float:
         """Stop every worker's requests through this limiter for `seconds` (a 429's Retry-After)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 import signal
 import threading
@@ -18,6 +19,7 @@ from project.engine.execute import failure
 from project.engine.runner import Runner
 from project.kinds import get_kind
 from project.models import Job, JobItem
+from project.ratelimit import get_limiter
 from tests.helpers import max_overlap, wait_for_job, wait_until
 
 MAX_ATTEMPTS = 4  # settings.BATCH_MAX_ATTEMPTS, which the workers inherit
@@ -282,6 +284,29 @@ def test_a_worker_opens_its_item_threads_redis_connections_ahead(redis_db):
     finally:
         get_redis().close()
         get_redis.cache_clear()
+
+
+def test_a_threads_limiter_calls_keep_one_connection_given_back_when_it_ends(redis_db, settings):
+    settings.RATE_LIMITS = {"test": {"rpm": 60_000}}
+    limiter = get_limiter("test")
+    pool = get_redis().connection_pool
+
+    def in_use() -> int:
+        return pool.get_connection_count()[1][0]
+
+    before, seen = in_use(), []
+
+    def calls() -> None:
+        for _ in range(5):
+            assert limiter.try_acquire() == 0
+            seen.append(in_use())
+
+    thread = threading.Thread(target=calls)
+    thread.start()
+    thread.join()
+    assert seen == [before + 1] * 5
+    gc.collect()
+    assert in_use() == before
 
 
 def test_a_new_runner_takes_its_share_of_the_slots_in_its_first_balance(transactional_db, redis_db):
