@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import threading
 
 import redis
@@ -31,12 +32,14 @@ def thread_redis() -> redis.Redis:
     Taking a connection from the pool for each call means the pool's lock and a poll() of
     the connection, and every blocking call lets the worker's other threads in between: a
     job's threads then all progress together and all finish late. The connection goes back
-    to the pool when the thread ends.
+    to the pool when the thread ends. A forked work horse's main thread makes its own (the
+    one it inherited shares its socket with the parent).
     """
-    client = getattr(_local, "client", None)
-    if client is None:
+    pid, client = getattr(_local, "client", (None, None))
+    if client is None or pid != os.getpid():
         pool = get_redis().connection_pool
-        client = _local.client = redis.Redis(connection_pool=pool, single_connection_client=True)
+        client = redis.Redis(connection_pool=pool, single_connection_client=True)
+        _local.client = (os.getpid(), client)
     return client
 
 
