@@ -138,7 +138,8 @@ def _handler() -> type[JSONHandler]:
         def do_GET(self) -> None:
             url = urlsplit(self.path)
             query = parse_qs(url.query)
-            request = self.service.arrive({"path": url.path, "query": query})
+            request = self.service.arrive({"path": url.path, "query": query}, at=self.arrived)
+            self.service.wait(request)
             if self.headers.get("authorization", "") in ("", "Bearer "):
                 request.status = 401
                 self.send_json(401, {"_error": {"status": 401, "title": "Unauthenticated"}})

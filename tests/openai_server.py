@@ -30,11 +30,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # bad_output (a reply that breaks the schema) and no_choices: OpenAI only
 FAULTS = ("429", "500", "malformed", "bad_output", "no_choices", "timeout")
+ANSWERLESS = ("429", "500", "malformed")  # answered by send_fault instead
 
 
 @dataclass
 class Request:
-    at: float  # time.monotonic() on arrival
+    at: float  # time.monotonic() on arrival (its request line read)
     body: dict
     status: int = 0
     fault: str = ""
@@ -112,9 +113,10 @@ class FakeService:
             best = max(best, end - start + 1)
         return best
 
-    def arrive(self, body: dict, port: int = 0) -> Request:
-        """Record a request and choose its fault; sleep the latency (and a hang)."""
-        request = Request(at=time.monotonic(), body=body, port=port)
+    def arrive(self, body: dict, port: int = 0, at: float | None = None) -> Request:
+        """Record a request that arrived `at` (time.monotonic(), by default now) and choose
+        its fault. The handler answers it after `wait`."""
+        request = Request(at=time.monotonic() if at is None else at, body=body, port=port)
         with self._lock:
             self.requests.append(request)
             if self._script:
@@ -124,10 +126,15 @@ class FakeService:
                     if self._random.random() < share:
                         request.fault = fault
                         break
-        time.sleep(self.latency)
+        return request
+
+    def wait(self, request: Request) -> None:
+        """Sleep until the request's answer is due: `latency` after it arrived, so the time
+        this server takes to read it and build the answer is part of the latency, as a real
+        service's is (and a hang more for a `timeout` fault)."""
+        time.sleep(max(0.0, request.at + self.latency - time.monotonic()))
         if request.fault == "timeout":
             time.sleep(self.hang)
-        return request
 
 
 class OpenAIServer(FakeService):
@@ -161,6 +168,11 @@ class JSONHandler(BaseHTTPRequestHandler):
         with self.service._lock:
             self.service.open_connections -= 1
         super().finish()
+
+    def parse_request(self) -> bool:
+        # A request has arrived once its first line is read: its latency counts from here.
+        self.arrived = time.monotonic()
+        return super().parse_request()
 
     def send_fault(self, request: Request, error: dict) -> bool:
         """Answer the request's fault, if it has one that ends it here; True if it did."""
@@ -204,21 +216,25 @@ def _handler() -> type[JSONHandler]:
                 self.send_json(401, {"error": {"message": "no API key"}})
                 return
             body = json.loads(raw)
-            request = self.service.arrive(body, port=self.client_address[1])
+            request = self.service.arrive(body, port=self.client_address[1], at=self.arrived)
+            # The answer is built first and sent when due (see FakeService.wait).
+            answer = None if request.fault in ANSWERLESS else self.completion(request, body)
+            self.service.wait(request)
             if self.send_fault(request, {"error": {"message": "Rate limit reached"}}):
                 return
+            request.status = 200
+            self.send_raw(200, answer)
+
+        def completion(self, request: Request, body: dict) -> bytes:
             if request.fault == "no_choices":
-                self.send_json(200, {"object": "chat.completion", "choices": []})
-                return
+                return json.dumps({"object": "chat.completion", "choices": []}).encode()
             if request.fault == "bad_output":
                 content = '{"unexpected": true'
             else:
                 content = self.service.answer(body)
-            request.status = 200
             prompt = sum(len(m["content"]) for m in body["messages"]) // 4 + 1
             completion = len(content) // 4 + 1
-            self.send_json(
-                200,
+            return json.dumps(
                 {
                     "id": f"chatcmpl-{len(self.service.requests)}",
                     "object": "chat.completion",
@@ -237,7 +253,7 @@ def _handler() -> type[JSONHandler]:
                         "total_tokens": prompt + completion,
                     },
                 },
-            )
+            ).encode()
 
     return Handler
 

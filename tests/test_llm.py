@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 
@@ -154,3 +155,27 @@ def test_each_thread_keeps_its_own_connection_to_the_service(server):
         time.sleep(0.01)
     assert server.open_connections == 1
     assert server.requests[-1].port not in ports
+
+
+def test_the_test_service_counts_its_latency_from_the_request_line():
+    """A request is answered `latency` after its first line came in: the time the service
+    takes to read it (here, a body sent late) is part of the latency, as a real service's."""
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    with OpenAIServer(latency=0.4) as server:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            line_sent = time.monotonic()
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\n")
+            time.sleep(0.2)
+            sock.sendall(
+                b"Host: test\r\nAuthorization: Bearer key\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            body_sent = time.monotonic()
+            reply = sock.makefile("rb").readline()
+            answered = time.monotonic()
+    (request,) = server.requests
+    assert reply.startswith(b"HTTP/1.1 200")
+    assert line_sent <= request.at < body_sent
+    assert answered >= request.at + 0.4
